@@ -1,0 +1,1 @@
+"""The VirtualMachine API: names, spec parsing and validation, status vocabulary."""

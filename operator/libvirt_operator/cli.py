@@ -1,0 +1,73 @@
+"""Command line: ``libvirt-operator run`` (the operator) and ``libvirt-operator dev`` (local mode)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from libvirt_operator import __version__
+from libvirt_operator import settings as settings_mod
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="libvirt-operator",
+                                     description="Run libvirt/KVM VMs declared as VirtualMachine resources.")
+    parser.add_argument("--version", action="version", version=f"libvirt-operator {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the operator for one node",
+                         description="Run the operator for one node (in-cluster config and NODE_NAME when "
+                                     "no flags are given). Every flag has an environment variable.")
+    settings_mod.add_arguments(run)
+
+    dev = sub.add_parser("dev", help="local mode: API emulator + the operator for one node",
+                         description="Start the Kubernetes API emulator (NOT for production), install the "
+                                     "CRD, register a Node, write a kubeconfig to --kubeconfig once the API "
+                                     "answers, and run the operator for that node. Foreground until "
+                                     "Ctrl-C/SIGTERM.")
+    settings_mod.add_arguments(dev)
+    dev.add_argument("--api-only", action="store_true", help="run only the API emulator (with the CRD)")
+    dev.add_argument("--port", type=int, default=0, help="API emulator port (default: a free port)")
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
+    # kopf and aiohttp are chatty at INFO about every watch cycle.
+    for noisy in ("kopf.objects", "kopf._core.reactor.running", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        settings = settings_mod.from_namespace(args)
+        _setup_logging(settings.log_level)
+        if args.node_name is None and not os.environ.get("NODE_NAME"):
+            logging.getLogger(__name__).warning("no --node-name or NODE_NAME: using %r", settings.node_name)
+        from libvirt_operator.operator_main import run_operator
+
+        asyncio.run(run_operator(settings))
+        return 0
+    if args.command == "dev":
+        if args.kubeconfig is None and not os.environ.get("KUBECONFIG"):
+            raise SystemExit("dev: --kubeconfig FILE is required (the kubeconfig is written there)")
+        uri_given = args.libvirt_uri is not None or bool(os.environ.get(settings_mod.env_name_for("libvirt_uri")))
+        settings = settings_mod.from_namespace(args, local_mode=True)
+        _setup_logging(settings.log_level)
+        from libvirt_operator.local import run_dev
+
+        kubeconfig = Path(os.path.abspath(settings.kubeconfig or ""))
+        asyncio.run(run_dev(settings, kubeconfig=kubeconfig, api_only=args.api_only, port=args.port,
+                            libvirt_uri_given=uri_given))
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,383 @@
+"""HTTP for resource requests: paths to targets, verbs, bodies in, content negotiation out.
+
+Paths are read as kube-apiserver's RequestInfoFactory reads them:
+`/api/v1[/namespaces/NS]/PLURAL[/NAME[/SUBRESOURCE]]` and the same under `/apis/GROUP/VERSION`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from aiohttp import web
+from multidict import CIMultiDict, MultiMapping
+
+from libvirt_operator.emulator import errors, patches, selectors, table
+from libvirt_operator.emulator.objects import DeleteOptions, Objects, WriteOptions
+from libvirt_operator.emulator.resources import Registry, Resource
+from libvirt_operator.emulator.schema import Cause
+from libvirt_operator.emulator.watch import WatchRequest, WatchStream
+
+JSON = dict[str, Any]
+NAMESPACE_SUBRESOURCES = ("status", "finalize")
+TRUE = ("true", "1")
+EVENT_FIELDS = ("involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
+                "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath",
+                "reason", "reportingComponent", "type")
+
+
+@dataclass(frozen=True)
+class Target:
+    group: str
+    version: str
+    namespace: str | None
+    plural: str
+    name: str | None
+    subresource: str | None
+
+    @property
+    def resource(self) -> str:
+        return f"{self.plural}/{self.subresource}" if self.subresource else self.plural
+
+
+def parse_target(path: str) -> Target | None:
+    """The resource a path addresses; None for non-resource paths (discovery and the like)."""
+    parts = [p for p in path.split("/") if p]
+    if len(parts) >= 3 and parts[0] == "api":
+        group, version, rest = "", parts[1], parts[2:]
+    elif len(parts) >= 4 and parts[0] == "apis":
+        group, version, rest = parts[1], parts[2], parts[3:]
+    else:
+        return None
+    namespace = None
+    if rest[0] == "namespaces" and len(rest) >= 3 and rest[2] not in NAMESPACE_SUBRESOURCES:
+        namespace, rest = rest[1], rest[2:]
+    if len(rest) > 3:
+        return None
+    return Target(group, version, namespace, rest[0], rest[1] if len(rest) > 1 else None,
+                  rest[2] if len(rest) > 2 else None)
+
+
+def verb_of(method: str, target: Target, query: Mapping[str, str]) -> str:
+    if method == "GET":
+        if query.get("watch", "").lower() in TRUE:
+            return "watch"
+        return "get" if target.name else "list"
+    if method == "DELETE":
+        return "delete" if target.name else "deletecollection"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, method.lower())
+
+
+# --- content negotiation -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Representation:
+    mode: str  # json | table | partial
+    meta_version: str = "v1"  # meta.k8s.io version of a Table / PartialObjectMetadata
+
+
+def negotiate(accept: str) -> Representation:
+    """Pick the first alternative of `Accept` this server can write (JSON, Table, metadata only)."""
+    if not accept.strip():
+        return Representation("json")
+    offered = []
+    for alternative in accept.split(","):
+        media, *raw_params = [p.strip() for p in alternative.split(";")]
+        params = dict(p.split("=", 1) for p in raw_params if "=" in p)
+        offered.append(media)
+        if media not in ("application/json", "*/*", "application/*"):
+            continue
+        kind = params.get("as")
+        if kind is None:
+            return Representation("json")
+        if params.get("g") != "meta.k8s.io" or params.get("v") not in ("v1", "v1beta1"):
+            continue  # e.g. aggregated discovery: not served, the client falls back
+        if kind == "Table":
+            return Representation("table", params["v"])
+        if kind in ("PartialObjectMetadata", "PartialObjectMetadataList"):
+            return Representation("partial", params["v"])
+    raise errors.not_acceptable(["application/json", "application/json;as=Table;v=v1;g=meta.k8s.io",
+                                 "application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io"])
+
+
+def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None,
+                  warnings: list[str] | None = None) -> web.Response:
+    hdrs: CIMultiDict[str] = CIMultiDict(headers or {})
+    for warning in warnings or ():
+        hdrs.add("Warning", '299 - "' + warning.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return web.Response(body=json.dumps(body, separators=(",", ":")).encode(), status=status,
+                        content_type="application/json", headers=hdrs)
+
+
+def error_response(err: errors.ApiError) -> web.Response:
+    return json_response(err.status(), err.code, err.headers)
+
+
+# --- request bodies ----------------------------------------------------------------------------------
+
+
+async def read_body(request: web.Request) -> tuple[str, Any]:
+    content_type = request.content_type or "application/json"
+    raw = await request.read()
+    if not raw.strip():
+        raise errors.bad_request("the body of the request was empty")
+    if "protobuf" in content_type:
+        raise errors.unsupported_media_type(content_type, ["application/json", "application/yaml"])
+    try:
+        if content_type in (patches.APPLY_PATCH, "application/yaml", "application/x-yaml"):
+            return content_type, yaml.safe_load(raw)
+        return content_type, json.loads(raw)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise errors.bad_request(f"error decoding the body of the request as {content_type}: {exc}") from None
+
+
+async def _optional_json(request: web.Request) -> Any:
+    """A DELETE's optional DeleteOptions body."""
+    raw = await request.read() if request.can_read_body else b""
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise errors.bad_request(f"error decoding DeleteOptions: {exc}") from None
+
+
+def write_options(query: MultiMapping[str]) -> WriteOptions:
+    directive = query.get("fieldValidation", "Warn") or "Warn"
+    normalised = {"strict": "Strict", "warn": "Warn", "ignore": "Ignore"}.get(directive.lower())
+    if normalised is None:
+        raise errors.bad_request(f'invalid fieldValidation directive: "{directive}" (valid: Strict, Warn, Ignore)')
+    return WriteOptions(dry_run=_dry_run(query.getall("dryRun", [])), field_validation=normalised)
+
+
+def _dry_run(values: Any) -> bool:
+    flat = [v for value in values for v in (value if isinstance(value, list) else [value])]
+    for value in flat:
+        if value != "All":
+            raise errors.bad_request(f'dryRun: Unsupported value: "{value}": supported values: "All"')
+    return bool(flat)
+
+
+def delete_options(query: MultiMapping[str], body: Any) -> DeleteOptions:
+    body = body if isinstance(body, Mapping) else {}
+    grace: Any = body.get("gracePeriodSeconds", query.get("gracePeriodSeconds"))
+    policy = body.get("propagationPolicy", query.get("propagationPolicy"))
+    if policy is not None and policy not in ("Orphan", "Background", "Foreground"):
+        raise errors.invalid("DeleteOptions", "", "", [Cause(
+            "FieldValueNotSupported", f'Unsupported value: "{policy}": supported values: "Foreground", '
+                                      '"Background", "Orphan"', "propagationPolicy")])
+    try:
+        grace_seconds = int(grace) if grace is not None else None
+    except (TypeError, ValueError):
+        raise errors.bad_request(f'invalid gracePeriodSeconds: "{grace}"') from None
+    dry = body.get("dryRun") or query.getall("dryRun", [])
+    return DeleteOptions(grace_period_seconds=grace_seconds, propagation_policy=policy,
+                         preconditions=body.get("preconditions") or {}, dry_run=_dry_run(dry))
+
+
+# --- selectors and paging ----------------------------------------------------------------------------
+
+
+def supported_fields(res: Resource) -> dict[str, str]:
+    """Field-selector paths this resource accepts -> the stored object's paths."""
+    fields = {"metadata.name": "metadata.name", "metadata.namespace": "metadata.namespace"}
+    if res.storage_key == ("", "events"):
+        for path in EVENT_FIELDS:
+            fields[path] = path
+            head, dot, rest = path.partition(".")
+            fields[res.renames.get(head, head) + dot + rest] = path  # regarding.name for events.k8s.io
+        fields["source"] = "source.component"
+    elif res.plural == "namespaces" and not res.group:
+        fields["status.phase"] = "status.phase"
+    elif res.plural == "nodes" and not res.group:
+        fields["spec.unschedulable"] = "spec.unschedulable"
+    elif res.is_custom:
+        for path in (*res.selectable_fields, "spec.nodeName"):
+            fields[path] = path
+    return fields
+
+
+def predicate_for(res: Resource, query: Mapping[str, str], name: str | None = None) -> Any:
+    fields = supported_fields(res)
+    label_pred = selectors.label_predicate(query.get("labelSelector"))
+    field_pred = selectors.field_predicate(query.get("fieldSelector"), fields, fields.__getitem__)
+    name_pred = (lambda obj: obj["metadata"]["name"] == name) if name else None
+    return selectors.combine(label_pred, field_pred, name_pred)
+
+
+def _encode_continue(rv: str, last: tuple[str, str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"rv": rv, "start": list(last)}).encode()).decode()
+
+
+def _decode_continue(token: str) -> tuple[str, str]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return str(data["start"][0]), str(data["start"][1])
+    except (ValueError, KeyError, IndexError, TypeError, binascii.Error):
+        raise errors.bad_request("continue key is not valid: incorrect encoded start resourceVersion") from None
+
+
+# --- the handler -------------------------------------------------------------------------------------
+
+
+class ResourceHandler:
+    def __init__(self, objects: Objects, registry: Registry, bookmark_interval: float) -> None:
+        self.objects = objects
+        self.registry = registry
+        self.bookmark_interval = bookmark_interval
+
+    def resolve(self, target: Target) -> Resource:
+        res = self.registry.get(target.group, target.version, target.plural)
+        if res is None:
+            raise errors.page_not_found()
+        if target.namespace is not None and not res.namespaced:
+            raise errors.page_not_found()
+        allowed = (None, "status") if res.status_subresource else (None,)
+        if target.subresource not in allowed and not (target.subresource == "finalize" and
+                                                      "finalize" in res.extra_subresources):
+            raise errors.page_not_found()
+        return res
+
+    async def handle(self, request: web.Request, target: Target, verb: str) -> web.StreamResponse:
+        res = self.resolve(target)
+        query = request.query
+        rep = negotiate(request.headers.get("Accept", ""))
+        namespace = target.namespace if res.namespaced else None
+        if target.subresource == "finalize":
+            target = Target(target.group, target.version, target.namespace, target.plural, target.name, None)
+        if verb == "deletecollection" and res.namespaced and namespace is None:
+            raise errors.method_not_allowed()
+        if verb == "create":
+            if target.name or (res.namespaced and namespace is None):
+                raise errors.method_not_allowed()
+            _, body = await read_body(request)
+            opts = write_options(query)
+            new_obj = self.objects.create(res, namespace or "", body, opts)
+            return self._object_response(res, new_obj, rep, query, 201, opts.warnings)
+        if verb == "list":
+            return self._list(res, namespace, query, rep)
+        if verb == "watch":
+            return await self._watch(request, res, namespace, target.name, query, rep)
+        if verb == "deletecollection":
+            options = delete_options(query, await _optional_json(request))
+            predicate = predicate_for(res, query)
+            deleted = self.objects.delete_collection(res, namespace, predicate, options)
+            listed = [res.from_storage(o) for o in deleted]
+            return json_response({"kind": res.list_kind, "apiVersion": res.api_version,
+                                  "metadata": {"resourceVersion": self.objects.store.resource_version},
+                                  "items": listed})
+        assert target.name is not None
+        if res.namespaced and namespace is None:
+            raise errors.page_not_found()
+        if verb == "get":
+            found = self.objects.get(res, namespace or "", target.name)
+            return self._object_response(res, found, rep, query)
+        if verb == "update":
+            _, body = await read_body(request)
+            opts = write_options(query)
+            stored, created = self.objects.update(res, namespace or "", target.name, body, target.subresource, opts)
+            return self._object_response(res, stored, rep, query, 201 if created else 200, opts.warnings)
+        if verb == "patch":
+            content_type, body = await read_body(request)
+            opts = write_options(query)
+            stored, created = self.objects.patch(res, namespace or "", target.name, content_type, body,
+                                                 target.subresource, opts)
+            return self._object_response(res, stored, rep, query, 201 if created else 200, opts.warnings)
+        if verb == "delete":
+            if target.subresource:
+                raise errors.method_not_allowed()
+            options = delete_options(query, await _optional_json(request))
+            current, gone = self.objects.delete(res, namespace or "", target.name, options)
+            if gone and not res.returns_deleted_object:
+                return json_response(errors.success_status(name=target.name, group=res.group, kind=res.plural,
+                                                           uid=current["metadata"]["uid"]))
+            return self._object_response(res, current, rep, query)
+        raise errors.method_not_allowed()
+
+    # --- rendering ---
+
+    def _columns(self, res: Resource) -> list[table.ColumnSpec]:
+        if res.is_custom:
+            return table.column_specs_for_crd_version({"additionalPrinterColumns": list(res.printer_columns)})
+        return table.columns_for_builtin(res.plural)
+
+    def _include(self, query: Mapping[str, str]) -> str:
+        chosen = query.get("includeObject") or table.INCLUDE_METADATA
+        if chosen not in (table.INCLUDE_NONE, table.INCLUDE_METADATA, table.INCLUDE_OBJECT):
+            raise errors.bad_request(f'includeObject: Unsupported value: "{chosen}"')
+        return chosen
+
+    def _object_response(self, res: Resource, stored: JSON, rep: Representation, query: Mapping[str, str],
+                         status: int = 200, warnings: list[str] | None = None) -> web.Response:
+        obj = res.from_storage(stored)
+        if rep.mode == "table":
+            body = table.render_table(self._columns(res), [obj], include_object=self._include(query),
+                                      resource_version=stored["metadata"].get("resourceVersion", ""))
+            body["apiVersion"] = f"meta.k8s.io/{rep.meta_version}"
+            return json_response(body, status, warnings=warnings)
+        if rep.mode == "partial":
+            obj = {"kind": "PartialObjectMetadata", "apiVersion": f"meta.k8s.io/{rep.meta_version}",
+                   "metadata": obj["metadata"]}
+        return json_response(obj, status, warnings=warnings)
+
+    def _list(self, res: Resource, namespace: str | None, query: Mapping[str, str],
+              rep: Representation) -> web.Response:
+        store = self.objects.store
+        predicate = predicate_for(res, query)
+        items = [o for o in store.objects_of(res.storage_key, namespace) if predicate is None or predicate(o)]
+        rv = store.resource_version
+        token = query.get("continue")
+        if token:
+            start = _decode_continue(token)
+            items = [o for o in items if (o["metadata"].get("namespace", ""), o["metadata"]["name"]) > start]
+        meta: JSON = {"resourceVersion": rv}
+        limit = int(query.get("limit") or 0) if (query.get("limit") or "0").isdigit() else 0
+        if limit and len(items) > limit:
+            last = items[limit - 1]["metadata"]
+            meta["continue"] = _encode_continue(rv, (last.get("namespace", ""), last["name"]))
+            meta["remainingItemCount"] = len(items) - limit
+            items = items[:limit]
+        shown = [res.from_storage(o) for o in items]
+        if rep.mode == "table":
+            body = table.render_table(self._columns(res), shown, include_object=self._include(query),
+                                      resource_version=rv, continue_token=meta.get("continue", ""))
+            body["apiVersion"] = f"meta.k8s.io/{rep.meta_version}"
+            return json_response(body)
+        if rep.mode == "partial":
+            partial = [{"kind": "PartialObjectMetadata", "apiVersion": f"meta.k8s.io/{rep.meta_version}",
+                        "metadata": o["metadata"]} for o in shown]
+            return json_response({"kind": "PartialObjectMetadataList",
+                                  "apiVersion": f"meta.k8s.io/{rep.meta_version}", "metadata": meta,
+                                  "items": partial})
+        if not res.is_custom:
+            # Typed lists leave their items' apiVersion/kind empty, which JSON omits.
+            shown = [{k: v for k, v in o.items() if k not in ("apiVersion", "kind")} for o in shown]
+        return json_response({"kind": res.list_kind, "apiVersion": res.api_version, "metadata": meta,
+                              "items": shown})
+
+    async def _watch(self, request: web.Request, res: Resource, namespace: str | None, name: str | None,
+                     query: Mapping[str, str], rep: Representation) -> web.StreamResponse:
+        timeout_text = query.get("timeoutSeconds")
+        try:
+            timeout = float(timeout_text) if timeout_text else None
+        except ValueError:
+            raise errors.bad_request(f'invalid timeoutSeconds: "{timeout_text}"') from None
+        watch_req = WatchRequest(
+            res=res,
+            namespace=namespace,
+            predicate=predicate_for(res, query, name),
+            resource_version=query.get("resourceVersion"),
+            bookmarks=query.get("allowWatchBookmarks", "").lower() in TRUE,
+            send_initial_events=query.get("sendInitialEvents", "").lower() in TRUE,
+            timeout=timeout,
+            table_columns=self._columns(res) if rep.mode == "table" else None,
+            table_version=rep.meta_version,
+            include_object=self._include(query),
+        )
+        return await WatchStream(self.objects.store, watch_req, self.bookmark_interval).serve(request)

@@ -1,0 +1,188 @@
+"""Watch streams: newline-delimited JSON events over one chunked HTTP response.
+
+As kube-apiserver's watch cache does it:
+
+- no resourceVersion (or "0"): the current objects first, as ADDED, then changes;
+- a resourceVersion: the kept history after it, then changes; older than the history: one ERROR
+  event carrying a 410 `Expired` Status, in a 200 response;
+- `sendInitialEvents=true`: the current objects, then a BOOKMARK annotated
+  `k8s.io/initial-events-end: "true"` (kopf's and client-go's streaming lists);
+- `allowWatchBookmarks=true`: a BOOKMARK with the current resourceVersion whenever the stream was
+  idle for the bookmark interval;
+- selectors see both sides of a change: an object that starts matching arrives as ADDED, one that
+  stops matching as DELETED;
+- `timeoutSeconds` ends the stream; so do the client going away, the server stopping, and the
+  client falling too far behind (its queue would otherwise grow without bound).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from libvirt_operator.emulator import errors, table
+from libvirt_operator.emulator.resources import Resource
+from libvirt_operator.emulator.store import ADDED, DELETED, MODIFIED, Event, Store, Watcher
+
+logger = logging.getLogger(__name__)
+JSON = dict[str, Any]
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+
+
+@dataclass
+class WatchRequest:
+    res: Resource
+    namespace: str | None  # None: all namespaces (or a cluster-scoped resource)
+    predicate: Callable[[JSON], bool] | None
+    resource_version: str | None
+    bookmarks: bool
+    send_initial_events: bool
+    timeout: float | None
+    table_columns: list[table.ColumnSpec] | None  # set when the client asked for Table events
+    table_version: str = "v1"
+    include_object: str = table.INCLUDE_METADATA
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+class WatchStream:
+    def __init__(self, store: Store, request: WatchRequest, bookmark_interval: float) -> None:
+        self.store = store
+        self.req = request
+        self.bookmark_interval = bookmark_interval
+        self._headers_sent = False
+
+    def _visible(self, obj: JSON | None) -> bool:
+        if obj is None:
+            return False
+        if self.req.namespace is not None and obj["metadata"].get("namespace") != self.req.namespace:
+            return False
+        return self.req.predicate is None or self.req.predicate(obj)
+
+    def _translate(self, event: Event) -> str | None:
+        """The event type this watch reports for `event`, None if it does not concern it."""
+        now_visible = self._visible(event.obj)
+        if event.type == ADDED:
+            return ADDED if now_visible else None
+        if event.type == DELETED:
+            return DELETED if self._visible(event.old or event.obj) else None
+        was_visible = self._visible(event.old) if event.old is not None else now_visible
+        if now_visible and was_visible:
+            return MODIFIED
+        if now_visible:
+            return ADDED
+        if was_visible:
+            return DELETED
+        return None
+
+    def _encode(self, event_type: str, event: Event) -> bytes:
+        if self.req.table_columns is not None:
+            return self._encode_table(event_type, event.obj)
+        cache_key = (self.req.res.group, self.req.res.version, event_type)
+        line = event.encoded.get(cache_key)
+        if line is None:
+            line = event.encoded[cache_key] = _dumps({"type": event_type,
+                                                      "object": self.req.res.from_storage(event.obj)})
+        return line
+
+    def _encode_table(self, event_type: str, obj: JSON) -> bytes:
+        assert self.req.table_columns is not None
+        rendered = table.render_table(self.req.table_columns, [self.req.res.from_storage(obj)],
+                                      include_object=self.req.include_object,
+                                      resource_version=obj["metadata"]["resourceVersion"],
+                                      no_headers=self._headers_sent)
+        rendered["apiVersion"] = f"meta.k8s.io/{self.req.table_version}"
+        # Only the first Table of a watch carries column definitions (kubectl reuses them).
+        self._headers_sent = True
+        return _dumps({"type": event_type, "object": rendered})
+
+    def _bookmark(self, rv: str, *, initial_end: bool = False) -> bytes:
+        metadata: JSON = {"resourceVersion": rv, "creationTimestamp": None}
+        if initial_end:
+            metadata["annotations"] = {INITIAL_EVENTS_END: "true"}
+        obj = {"kind": self.req.res.kind, "apiVersion": self.req.res.api_version, "metadata": metadata}
+        return _dumps({"type": "BOOKMARK", "object": obj})
+
+    async def serve(self, request: web.Request) -> web.StreamResponse:
+        res = self.req.res
+        watcher = self.store.watch(res.storage_key)
+        try:
+            # Nothing awaits between subscribing and reading the state, so no event falls in between.
+            initial: list[bytes] = []
+            replay: list[Event] = []
+            snapshot_rv = self.store.resource_version
+            rv = self.req.resource_version
+            if self.req.send_initial_events or rv in (None, "", "0"):
+                for obj in self.store.objects_of(res.storage_key, self.req.namespace):
+                    if self._visible(obj):
+                        initial.append(self._encode(ADDED, Event(0, res.storage_key, ADDED, obj)))
+                if self.req.send_initial_events and self.req.bookmarks:
+                    initial.append(self._bookmark(snapshot_rv, initial_end=True))
+            else:
+                try:
+                    since = int(rv)  # type: ignore[arg-type]
+                except ValueError:
+                    raise errors.bad_request(f'invalid resource version "{rv}"') from None
+                try:
+                    replay = self.store.since(res.storage_key, since)
+                except errors.ApiError as gone:
+                    initial.append(_dumps({"type": "ERROR", "object": gone.status()}))
+                    return await self._respond_and_close(request, initial)
+
+            response = web.StreamResponse(status=200, headers={"Content-Type": "application/json",
+                                                               "Cache-Control": "no-cache, private"})
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            try:
+                for line in initial:
+                    await response.write(line)
+                for event in replay:
+                    kind = self._translate(event)
+                    if kind is not None:
+                        await response.write(self._encode(kind, event))
+                await self._stream(response, watcher)
+            except ConnectionError:
+                pass  # the client went away (or the server dropped it): nothing left to send
+            return response
+        finally:
+            self.store.unwatch(watcher)
+
+    async def _respond_and_close(self, request: web.Request, lines: list[bytes]) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for line in lines:
+            await response.write(line)
+        await response.write_eof()
+        return response
+
+    async def _stream(self, response: web.StreamResponse, watcher: Watcher) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.req.timeout if self.req.timeout is not None else None
+        while True:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                break
+            wait = remaining
+            if self.req.bookmarks:
+                wait = self.bookmark_interval if wait is None else min(wait, self.bookmark_interval)
+            try:
+                event = await watcher.next(wait)
+            except TimeoutError:
+                if self.req.bookmarks and not watcher.pending() and (deadline is None or loop.time() < deadline):
+                    await response.write(self._bookmark(self.store.resource_version))
+                continue
+            if event is None:
+                break  # the server closed this watch (stopping, going offline, client too slow)
+            kind = self._translate(event)
+            if kind is not None:
+                await response.write(self._encode(kind, event))
+        await response.write_eof()

@@ -1,0 +1,1 @@
+"""kopf handlers: start-up, VM reconciliation, node readiness."""

@@ -1,0 +1,131 @@
+"""Host-level reconciliation: every domain on this host, at start-up (nova's _destroy_evacuated_instances).
+
+- owned (per the domain's <metadata>), VM now on another node: destroyed and undefined here; disks
+  removed only when the storage is not shared; never while the VM is marked as migrating;
+- owned, VM gone: destroyed and undefined; disks kept unless --delete-orphan-disks; reported in the log
+  and as an Event on the Node;
+- not owned: never touched; counted in one log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from libvirt_operator.api.constants import MIGRATING_ANNOTATION
+from libvirt_operator.hypervisor import domains
+from libvirt_operator.hypervisor.domain_xml import Owner, parse_owner
+from libvirt_operator.pipeline.records import VMRecord
+
+if TYPE_CHECKING:
+    from libvirt_operator.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    counts: Counter[str]
+    decisions: list[tuple[str, str, str]]  # (domain, observed, action)
+
+
+def _all_owners(conn: Any) -> list[tuple[str, str, Owner | None]]:
+    """Blocking: (uuid, name, owner) of every domain on the host."""
+    result = []
+    for dom in conn.listAllDomains(0):
+        try:
+            owner = parse_owner(dom.XMLDesc(0))
+        except Exception:  # a domain we cannot read is not ours to judge
+            owner = None
+        result.append((dom.UUIDString(), dom.name(), owner))
+    return result
+
+
+class HostReconciler:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    async def startup_scan(self, vms: Sequence[Mapping[str, Any]]) -> ScanResult:
+        node = self.rt.settings.node_name
+        by_uid = {str(vm["metadata"].get("uid")): vm for vm in vms}
+        listing = await self.rt.conn.call("list domains", _all_owners)
+        counts: Counter[str] = Counter()
+        decisions: list[tuple[str, str, str]] = []
+        shared = await asyncio.to_thread(self.rt.storage.is_shared, node, self.rt.settings.shared_storage)
+        semaphore = asyncio.Semaphore(max(self.rt.settings.workers, 1))
+
+        async def handle(uuid: str, name: str, owner: Owner | None) -> None:
+            async with semaphore:
+                if owner is None:
+                    counts["unowned"] += 1
+                    return
+                vm = by_uid.get(owner.uid) if owner.uid == uuid else None
+                if vm is None:
+                    counts["orphan"] += 1
+                    keep = not self.rt.settings.delete_orphan_disks
+                    action = f"destroy and undefine, {'keep' if keep else 'remove'} disks"
+                    logger.warning("domain %s (VM %s/%s, uid %s): its VirtualMachine no longer exists: %s",
+                                   name, owner.namespace, owner.name, owner.uid, action)
+                    await self.destroy_owned(uuid, undefine=True)
+                    if not keep:
+                        await asyncio.to_thread(self.rt.storage.remove_vm_dir, uuid)
+                    await self.rt.post_node_event("Warning", "OrphanDomainRemoved",
+                                                  f"domain {name} belonged to VirtualMachine {owner.namespace}/"
+                                                  f"{owner.name} which no longer exists: {action}")
+                    decisions.append((name, "orphan", action))
+                    return
+                vm_node = (vm.get("spec") or {}).get("nodeName")
+                if vm_node == node:
+                    counts["owned"] += 1
+                    return
+                if MIGRATING_ANNOTATION in (vm["metadata"].get("annotations") or {}):
+                    counts["migrating"] += 1
+                    logger.info("domain %s: VM now on node %s but marked as migrating: left alone", name, vm_node)
+                    decisions.append((name, f"on {vm_node}, migrating", "none"))
+                    return
+                counts["evacuated"] += 1
+                action = f"destroy and undefine, {'keep disks (shared storage)' if shared else 'remove disks'}"
+                logger.warning("domain %s: VM %s/%s now belongs to node %s: %s", name, owner.namespace,
+                               owner.name, vm_node, action)
+                await self.destroy_owned(uuid, undefine=True)
+                if not shared:
+                    await asyncio.to_thread(self.rt.storage.remove_vm_dir, uuid)
+                decisions.append((name, f"on {vm_node}", action))
+
+        await asyncio.gather(*(handle(*item) for item in listing))
+        logger.info("start-up scan of %d domains on %s: %d owned here, %d evacuated, %d orphaned, %d migrating, "
+                    "%d not ours (untouched)", len(listing), node, counts["owned"], counts["evacuated"],
+                    counts["orphan"], counts["migrating"], counts["unowned"])
+        return ScanResult(counts, decisions)
+
+    async def destroy_owned(self, uuid: str, *, undefine: bool) -> bool:
+        """Destroy (and undefine) a domain only after proving from its metadata that it is ours."""
+        owner = await self.rt.conn.call("domain owner", lambda c: domains.owner_of(c, uuid))
+        if owner is None or owner.uid != uuid:
+            logger.warning("domain %s is not owned by this operator: not touching it", uuid)
+            return False
+        record = self.rt.records.by_uid(uuid)
+        if record is not None:
+            record.expect("Stopped", "Undefined")
+        await self.rt.conn.call("destroy", lambda c: domains.destroy(c, uuid))
+        if undefine:
+            await self.rt.conn.call("undefine", lambda c: domains.undefine(c, uuid))
+        return True
+
+    async def clean_moved_domain(self, rec: VMRecord) -> None:
+        """A VM of ours got another nodeName while we run: same rule as at start-up."""
+        if rec.body.get("metadata", {}).get("annotations", {}).get(MIGRATING_ANNOTATION) is not None:
+            return
+        exists = await self.rt.conn.call("domain state", lambda c: domains.state_of(c, rec.uid))
+        if exists is None:
+            return
+        shared = await asyncio.to_thread(self.rt.storage.is_shared, self.rt.settings.node_name,
+                                         self.rt.settings.shared_storage)
+        logger.warning("%s/%s moved to node %s: removing its domain here (%s)", *rec.key, rec.node_name,
+                       "disks kept: shared storage" if shared else "disks removed")
+        if await self.destroy_owned(rec.uid, undefine=True) and not shared:
+            await asyncio.to_thread(self.rt.storage.remove_vm_dir, rec.uid)

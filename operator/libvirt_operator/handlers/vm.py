@@ -1,0 +1,523 @@
+"""Reconciliation of one VirtualMachine on this node: level-triggered, one key at a time.
+
+Every trigger (a watch event, a libvirt event, the periodic sync, a reconnection) only queues the VM's
+key; this module then compares what the VM wants with what libvirt reports and acts. The order of the
+checks follows nova's ``_init_instance``: deletion, then interrupted provisioning, then a missing domain,
+then power state. Status is written only when it changes, in one merge patch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import libvirt
+
+from libvirt_operator.api.constants import FINALIZER, MIGRATING_ANNOTATION, RETRY_ANNOTATION
+from libvirt_operator.api.spec import Limits, SpecError, VMSpec, parse_spec
+from libvirt_operator.api.status import (
+    Phase,
+    PowerState,
+    detail_name,
+    event_time,
+    event_name,
+    get_condition,
+    now_iso,
+    power_state,
+    remove_condition,
+    set_condition,
+    state_reason,
+)
+from libvirt_operator.hypervisor import domains, hardware
+from libvirt_operator.hypervisor.connection import HypervisorError, HypervisorUnavailable
+from libvirt_operator.hypervisor.domain_xml import Owner, build_domain_xml, domain_name
+from libvirt_operator.hypervisor.storage import StorageError
+from libvirt_operator.kube.client import KubeError
+from libvirt_operator.pipeline.policy import Action, Decision, Observed, decide, phase_for
+from libvirt_operator.pipeline.records import Key, VMRecord
+
+if TYPE_CHECKING:
+    from libvirt_operator.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+STOP_POLL = 0.5
+# Notable libvirt events that also become Kubernetes Events on the VM: (type, detail) -> (type, reason).
+NOTABLE: dict[tuple[str, str], tuple[str, str]] = {
+    ("Stopped", "Crashed"): ("Warning", "GuestCrashed"),
+    ("Stopped", "Failed"): ("Warning", "GuestFailed"),
+    ("Stopped", "Destroyed"): ("Warning", "GuestDestroyed"),
+    ("Stopped", "Shutdown"): ("Normal", "GuestShutdown"),
+    ("Suspended", "IOError"): ("Warning", "IOErrorPause"),
+    ("Suspended", "Watchdog"): ("Warning", "WatchdogPause"),
+    ("Suspended", "APIError"): ("Warning", "APIErrorPause"),
+    ("Crashed", "Panicked"): ("Warning", "GuestPanicked"),
+    ("Crashed", "Crashloaded"): ("Warning", "GuestCrashloaded"),
+}
+
+
+class Reconciler:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        s = runtime.settings
+        self.limits = Limits(max_vcpus=s.max_vcpus, max_memory_mib=s.max_memory_mib, max_disks=s.max_disks,
+                             max_interfaces=s.max_interfaces)
+
+    # --- entry point -----------------------------------------------------------------------------
+
+    async def reconcile(self, key: Key) -> float | None:
+        rec = self.rt.records.get(key)
+        if rec is None:
+            return None
+        first_pass = not rec.seen_by_this_process
+        try:
+            return await self._reconcile(rec, first_pass)
+        finally:
+            rec.seen_by_this_process = True
+            self.rt.first_pass_done(key)
+
+    async def _reconcile(self, rec: VMRecord, first_pass: bool) -> float | None:
+        node = self.rt.settings.node_name
+        if rec.node_name != node:
+            if rec.uid:
+                await self.rt.host.clean_moved_domain(rec)
+            return None
+
+        if not self.rt.conn.connected:
+            await self._write_status(rec, self._disconnected_status(rec))
+            return None  # the reconnection requeues every VM
+
+        meta = rec.body["metadata"]
+        if meta.get("deletionTimestamp"):
+            if FINALIZER in (meta.get("finalizers") or []):
+                return await self._delete(rec)
+            return None
+
+        if FINALIZER not in (meta.get("finalizers") or []):
+            rec.body = await self.rt.kube.add_finalizer(rec.body, FINALIZER)
+
+        held = self._absorb_events(rec)
+        if held is not None:
+            return held
+
+        status = rec.status
+        if status.get("phase") == Phase.FAILED.value and not self._retry_requested(rec):
+            return None
+
+        try:
+            spec = parse_spec(rec.body.get("spec") or {}, self.limits)
+        except SpecError as exc:
+            await self._fail(rec, "InvalidSpec", str(exc))
+            return None
+
+        dom = await self.rt.conn.call("domain state", lambda c: domains.state_of(c, rec.uid))
+
+        # nova's order: an interrupted provisioning wins over a missing domain.
+        # Only a provisioning left by an earlier process is "interrupted"; ours is retried (transient errors).
+        if status.get("phase") == Phase.PROVISIONING.value and first_pass and not rec.provisioning_here:
+            await self._interrupted_provisioning(rec, dom is not None)
+            return None
+
+        first_start = False
+        if dom is None:
+            if status.get("domainName") and status.get("phase") not in (None, Phase.PENDING.value):
+                await self.rt.post_event(rec.body, "Warning", "DomainRedefined",
+                                         f"domain {status.get('domainName')} was missing on node {node}; "
+                                         "defining it again from the spec")
+            try:
+                await self._provision(rec, spec)
+            except (ValueError, StorageError) as exc:  # SpecError is a ValueError
+                await self._fail(rec, "ProvisioningFailed", str(exc))
+                return None
+            first_start = True
+            dom = await self.rt.conn.call("domain state", lambda c: domains.state_of(c, rec.uid))
+            if dom is None:
+                raise HypervisorError(f"domain {rec.uid} vanished right after it was defined")
+        elif status.get("phase") == Phase.FAILED.value or self._generation_moved(rec):
+            # A retry or a spec change: bring the definition in line with the spec.
+            await self._redefine_if_changed(rec, spec)
+            first_start = status.get("phase") == Phase.FAILED.value
+
+        return await self._converge_power(rec, spec, dom, first_start=first_start, first_pass=first_pass)
+
+    # --- power ---------------------------------------------------------------------------------------
+
+    async def _converge_power(self, rec: VMRecord, spec: VMSpec, dom: domains.DomainState, *,
+                              first_start: bool, first_pass: bool) -> float | None:
+        status = rec.status
+        observed = Observed(power_state(dom.state), state_reason(dom.state, dom.reason))
+        believed_running = status.get("phase") in (Phase.RUNNING.value, Phase.PAUSED.value,
+                                                   Phase.STARTING.value)
+        spec_changed = self._generation_moved(rec)
+
+        if rec.stop_deadline is not None:
+            return await self._continue_stop(rec, spec, dom)
+
+        decision = decide(run_strategy=spec.run_strategy, paused=spec.paused, observed=observed,
+                          first_start=first_start, spec_changed=spec_changed, believed_running=believed_running)
+        stopped = not dom.active
+        resuming = (first_pass and not first_start and believed_running and stopped
+                    and spec.run_strategy != "Halted")
+        if resuming:
+            # nova's resume_guests_state_on_host_boot: the status says it ran, libvirt says it is off.
+            if not self.rt.settings.resume_guests_on_host_boot:
+                logger.info("%s/%s: shut off at start-up, resumeGuestsOnHostBoot is off: left stopped", *rec.key)
+                note = {"reason": "NotResumedOnHostBoot",
+                        "message": "found shut off at operator start-up; resumeGuestsOnHostBoot is off"}
+                await self._write_status(rec, self._observed_status(rec, spec, dom, extra=note))
+                return None
+            logger.info("%s/%s: %s (%s) but status said %s: starting it again (resume on host boot)",
+                        *rec.key, observed.power.value, observed.reason, status.get("phase"))
+            await self.rt.post_event(rec.body, "Normal", "ResumedOnHostBoot",
+                                     "the guest should run but its domain was shut off at operator start-up")
+            decision = Decision(Action.START, "resume on host boot")
+        elif decision.action == Action.START and not first_start and not spec_changed \
+                and status.get("reason") == "NotResumedOnHostBoot":
+            decision = Decision(Action.NONE, "left stopped at start-up (resumeGuestsOnHostBoot off)")
+        elif decision.action != Action.NONE:
+            logger.info("%s/%s: observed %s (%s): %s -> %s", *rec.key, observed.power.value, observed.reason,
+                        decision.why, decision.action.value)
+        if decision.action == Action.NONE and status.get("reason") == "NotResumedOnHostBoot" and stopped:
+            await self._write_status(rec, self._observed_status(rec, spec, dom, extra={
+                "reason": "NotResumedOnHostBoot", "message": status.get("message", "")}))
+            return None
+
+        extra: dict[str, Any] = {}
+        if decision.action == Action.START:
+            extra = await self._start(rec, spec, restart=decision.restart_by_policy)
+        elif decision.action == Action.STOP:
+            return await self._begin_stop(rec, spec, dom, reason="StoppedByPolicy")
+        elif decision.action == Action.PAUSE:
+            rec.expect("Suspended")
+            await self.rt.conn.call("suspend", lambda c: domains.suspend(c, rec.uid))
+            extra["lastEvent"] = self._own_event("Suspended", "Paused")
+        elif decision.action == Action.RESUME:
+            rec.expect("Resumed")
+            await self.rt.conn.call("resume", lambda c: domains.resume(c, rec.uid))
+            extra["lastEvent"] = self._own_event("Resumed", "Unpaused")
+
+        if decision.action != Action.NONE:
+            fresh = await self.rt.conn.call("domain state", lambda c: domains.state_of(c, rec.uid))
+            if fresh is not None:
+                dom = fresh
+        await self._write_status(rec, self._observed_status(rec, spec, dom, extra=extra))
+        return None
+
+    async def _start(self, rec: VMRecord, spec: VMSpec, *, restart: bool) -> dict[str, Any]:
+        rec.expect("Started", *(("Suspended",) if spec.paused else ()))
+        self.rt.restart_required.pop(rec.uid, None)
+        try:
+            await self.rt.conn.call("start", lambda c: domains.start(c, rec.uid, paused=spec.paused))
+        except HypervisorUnavailable:
+            raise
+        except HypervisorError as exc:
+            # Persist the wish so that an interrupted start is retried (nova: POWERING_ON).
+            await self._write_status(rec, {"phase": Phase.STARTING.value, "reason": "StartFailed",
+                                           "message": str(exc)})
+            raise
+        extra: dict[str, Any] = {"lastEvent": self._own_event("Started", "Booted"), "startedAt": now_iso()}
+        if restart:
+            extra["restarts"] = int(rec.status.get("restarts") or 0) + 1
+            await self.rt.post_event(rec.body, "Normal", "RestartedByPolicy",
+                                     f"guest restarted by runStrategy {spec.run_strategy}")
+            self.rt.metrics.restarts.inc()
+        return extra
+
+    async def _begin_stop(self, rec: VMRecord, spec: VMSpec | None, dom: domains.DomainState,
+                          *, reason: str) -> float | None:
+        rec.stop_deadline = time.monotonic() + self.rt.settings.shutdown_timeout
+        rec.expect("Shutdown", "Stopped")
+        await self.rt.conn.call("shutdown", lambda c: domains.shutdown(c, rec.uid))
+        if spec is not None:
+            user_asked = self._generation_moved(rec)
+            # Persisting Stopping lets a restarted operator retry an interrupted stop (nova: POWERING_OFF).
+            await self._write_status(rec, self._observed_status(
+                rec, spec, dom, extra={"phase": Phase.STOPPING.value, "reason": reason}))
+            if not user_asked:
+                await self.rt.post_event(rec.body, "Normal", reason,
+                                         f"guest stopped again: runStrategy is {spec.run_strategy}")
+        return STOP_POLL
+
+    async def _continue_stop(self, rec: VMRecord, spec: VMSpec | None,
+                             dom: domains.DomainState | None) -> float | None:
+        """Poll a graceful shutdown; destroy once the timeout has passed. Returns a requeue delay."""
+        if dom is not None and dom.active:
+            deadline = rec.stop_deadline or 0.0
+            if time.monotonic() < deadline:
+                return min(STOP_POLL, max(deadline - time.monotonic(), 0.05))
+            logger.info("%s/%s: guest did not shut down within %.0fs: destroying", *rec.key,
+                        self.rt.settings.shutdown_timeout)
+            rec.expect("Stopped")
+            await self.rt.conn.call("destroy", lambda c: domains.destroy(c, rec.uid))
+            dom = await self.rt.conn.call("domain state", lambda c: domains.state_of(c, rec.uid))
+        rec.stop_deadline = None
+        if spec is not None and dom is not None:
+            await self._write_status(rec, self._observed_status(
+                rec, spec, dom, extra={"lastEvent": self._own_event("Stopped", "Shutdown"),
+                                       "stoppedAt": now_iso()}))
+        return None
+
+    # --- provisioning ----------------------------------------------------------------------------------
+
+    async def _provision(self, rec: VMRecord, spec: VMSpec) -> None:
+        meta = rec.body["metadata"]
+        name = domain_name(meta["namespace"], meta["name"])
+        rec.provisioning_here = True
+        try:
+            await self._write_status(rec, {
+                "phase": Phase.PROVISIONING.value, "nodeName": self.rt.settings.node_name,
+                "domainName": name, "domainUUID": rec.uid, "reason": "Provisioning", "message": "",
+                "observedGeneration": meta.get("generation"),
+                "disks": [{"name": d.name, "path": str(self.rt.storage.disk_path(rec.uid, d.name))}
+                          for d in spec.disks],
+            })
+            xml, _paths = await self._build_xml(rec, spec)
+            rec.expect("Defined")
+            await self.rt.conn.call("define", lambda c: domains.define(c, xml))
+        finally:
+            rec.provisioning_here = False
+
+    async def _build_xml(self, rec: VMRecord, spec: VMSpec) -> tuple[str, dict[str, Any]]:
+        meta = rec.body["metadata"]
+        await self._check_networks(spec)
+        storage = self.rt.storage
+        paths = await asyncio.to_thread(storage.prepare_disks, rec.uid, spec)
+        owner = Owner(namespace=meta["namespace"], name=meta["name"], uid=rec.uid, node=self.rt.settings.node_name)
+        xml = build_domain_xml(owner=owner, spec=spec, domain_type=self.rt.domain_type, disk_paths=paths,
+                               allowed_dirs=[storage.image_dir, storage.storage_dir],
+                               emulator=self.rt.emulator)
+        return xml, paths
+
+    async def _check_networks(self, spec: VMSpec) -> None:
+        for index, iface in enumerate(spec.interfaces):
+            if iface.network is not None:
+                name = iface.network
+                exists = await self.rt.conn.call("network lookup", _network_probe(name))
+                if not exists:
+                    raise SpecError(f"spec.interfaces[{index}].network",
+                                    f"libvirt network {name!r} does not exist on node {self.rt.settings.node_name}")
+            if iface.bridge is not None and not self.rt.bridge_exists(iface.bridge):
+                raise SpecError(f"spec.interfaces[{index}].bridge",
+                                f"bridge {iface.bridge!r} does not exist on node {self.rt.settings.node_name}")
+
+    async def _redefine_if_changed(self, rec: VMRecord, spec: VMSpec) -> None:
+        current = await self.rt.conn.call(
+            "domain XML", lambda c: domains.xml_of(c, rec.uid, flags=libvirt.VIR_DOMAIN_XML_INACTIVE))
+        if current is None:
+            return
+        try:
+            xml, _paths = await self._build_xml(rec, spec)
+        except (ValueError, StorageError) as exc:
+            await self._fail(rec, "InvalidSpec", str(exc))
+            return
+        if hardware.fingerprint(xml) != hardware.fingerprint(current):
+            logger.info("%s/%s: hardware changed: redefining the domain", *rec.key)
+            rec.expect("Defined")
+            await self.rt.conn.call("define", lambda c: domains.define(c, xml))
+            state = await self.rt.conn.call("domain state", lambda c: domains.state_of(c, rec.uid))
+            if state is not None and state.active:
+                self.rt.restart_required[rec.uid] = True
+
+    async def _interrupted_provisioning(self, rec: VMRecord, domain_exists: bool) -> None:
+        """nova: an instance caught in BUILDING/SPAWNING goes to ERROR; its half-made parts are removed."""
+        logger.warning("%s/%s: provisioning was interrupted (domain %s): cleaning up, phase Failed",
+                       *rec.key, "defined" if domain_exists else "not defined")
+        if domain_exists:
+            await self.rt.host.destroy_owned(rec.uid, undefine=True)
+        await asyncio.to_thread(self.rt.storage.remove_vm_dir, rec.uid)
+        message = ("provisioning was interrupted (the operator stopped mid-spawn); half-made disks and "
+                   f"domain were removed. Set the annotation {RETRY_ANNOTATION} or change the spec to retry")
+        await self._fail(rec, "ProvisioningInterrupted", message)
+
+    # --- deletion ----------------------------------------------------------------------------------------
+
+    async def _delete(self, rec: VMRecord) -> float | None:
+        if rec.status.get("phase") != Phase.TERMINATING.value:
+            await self._write_status(rec, {"phase": Phase.TERMINATING.value, "reason": "Deleting",
+                                           "message": "the VirtualMachine is being deleted"})
+        dom = await self.rt.conn.call("domain state", lambda c: domains.state_of(c, rec.uid))
+        if dom is not None:
+            owner = await self.rt.conn.call("domain owner", lambda c: domains.owner_of(c, rec.uid))
+            if owner is None or owner.uid != rec.uid:
+                logger.warning("%s/%s: domain %s is not ours: leaving it alone", *rec.key, rec.uid)
+            else:
+                if dom.active:
+                    if rec.stop_deadline is None:
+                        return await self._begin_stop(rec, None, dom, reason="Deleting")
+                    delay = await self._continue_stop(rec, None, dom)
+                    if delay is not None:
+                        return delay
+                rec.expect("Undefined", "Stopped")
+                await self.rt.conn.call("undefine", lambda c: domains.undefine(c, rec.uid))
+        await asyncio.to_thread(self.rt.storage.remove_vm_dir, rec.uid)
+        rec.stop_deadline = None
+        result = await self.rt.kube.remove_finalizer(rec.body, FINALIZER)
+        logger.info("%s/%s: deleted: domain undefined, disks removed, finalizer released", *rec.key)
+        if result is None:
+            self.rt.records.remove(rec.key)
+        else:
+            self.rt.records.upsert(result)
+        return None
+
+    # --- events ------------------------------------------------------------------------------------------
+
+    def _absorb_events(self, rec: VMRecord) -> float | None:
+        """Fold the libvirt events queued for this VM into lastEvent and Kubernetes Events.
+
+        Returns a requeue delay while a STOPPED event is being held back (the reboot rule).
+        """
+        now = time.monotonic()
+        events, rec.events = rec.events, []
+        for ev in events:
+            etype, detail = event_name(ev.event), detail_name(ev.event, ev.detail)
+            if etype in ("Defined", "Undefined"):
+                continue  # definitions are reconciled from the domain itself, not reported
+            if rec.is_expected(etype):
+                continue  # caused by our own action, already reflected in the status we wrote
+            if etype == "Stopped" and self.rt.settings.stopped_event_delay > 0 and rec.held_stop is None:
+                rec.held_stop = ev
+                rec.hold_until = ev.received + self.rt.settings.stopped_event_delay
+                continue
+            if etype == "Started" and rec.held_stop is not None:
+                logger.info("%s/%s: STOPPED then STARTED within %.1fs: treated as a reboot", *rec.key,
+                            self.rt.settings.stopped_event_delay)
+                rec.held_stop = None
+                rec.hold_until = 0.0
+            self._note_event(rec, ev, etype, detail)
+        if rec.held_stop is not None:
+            if now < rec.hold_until:
+                return rec.hold_until - now
+            ev, rec.held_stop = rec.held_stop, None
+            self._note_event(rec, ev, "Stopped", detail_name(ev.event, ev.detail))
+        return None
+
+    def _note_event(self, rec: VMRecord, ev: Any, etype: str, detail: str) -> None:
+        rec.last_event = {"type": etype, "detail": detail, "time": event_time(ev.wall_time)}
+        notable = NOTABLE.get((etype, detail))
+        if notable is not None:
+            self.rt.spawn(self.rt.post_event(rec.body, notable[0], notable[1],
+                                             f"libvirt reported {etype} ({detail}) for domain "
+                                             f"{rec.status.get('domainName', rec.uid)}"))
+
+    @staticmethod
+    def _own_event(etype: str, detail: str) -> dict[str, str]:
+        return {"type": etype, "detail": detail, "time": event_time()}
+
+    # --- status ------------------------------------------------------------------------------------------
+
+    def _observed_status(self, rec: VMRecord, spec: VMSpec, dom: domains.DomainState, *,
+                         extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        meta = rec.body["metadata"]
+        power = power_state(dom.state)
+        reason_name = state_reason(dom.state, dom.reason)
+        phase = phase_for(power)
+        status: dict[str, Any] = {
+            "phase": phase.value,
+            "powerState": power.value,
+            "reason": reason_name or power.value,
+            "message": "",
+            "nodeName": self.rt.settings.node_name,
+            "domainName": dom.name,
+            "domainUUID": dom.uuid,
+            "observedGeneration": meta.get("generation"),
+        }
+        if phase == Phase.PAUSED and reason_name and reason_name not in ("User", "StartingUp"):
+            status["message"] = f"paused by libvirt: {reason_name}"
+        if extra:
+            status.update(extra)
+        if rec.last_event is not None and "lastEvent" not in (extra or {}):
+            status["lastEvent"] = rec.last_event
+        rec.last_event = None
+        conditions = rec.status.get("conditions") or []
+        ready = status["phase"] == Phase.RUNNING.value
+        conditions = set_condition(conditions, "Ready", "True" if ready else "False",
+                                   "Running" if ready else status["reason"] or status["phase"],
+                                   "the guest is running" if ready else f"the guest is {status['phase'].lower()}")
+        conditions = set_condition(conditions, "HypervisorConnected", "True", "Connected",
+                                   f"libvirt at {self.rt.settings.libvirt_uri} answers")
+        restart_required = self.rt.restart_required.get(rec.uid, False) and dom.active
+        if restart_required:
+            conditions = set_condition(conditions, "RestartRequired", "True", "HardwareChanged",
+                                       "the domain was redefined; changes apply at the next restart")
+        else:
+            conditions = remove_condition(conditions, "RestartRequired")
+        status["conditions"] = conditions
+        return status
+
+    def _disconnected_status(self, rec: VMRecord) -> dict[str, Any]:
+        conditions = set_condition(rec.status.get("conditions") or [], "HypervisorConnected", "False",
+                                   "LibvirtUnreachable",
+                                   f"libvirt at {self.rt.settings.libvirt_uri}: {self.rt.conn.last_error}")
+        return {"conditions": conditions}
+
+    async def _fail(self, rec: VMRecord, reason: str, message: str) -> None:
+        logger.warning("%s/%s: Failed (%s): %s", *rec.key, reason, message)
+        conditions = set_condition(rec.status.get("conditions") or [], "Ready", "False", reason, message)
+        status = {"phase": Phase.FAILED.value, "reason": reason, "message": message,
+                  "observedGeneration": rec.body["metadata"].get("generation"),
+                  "nodeName": self.rt.settings.node_name, "conditions": conditions,
+                  "observedRetry": self._retry_token(rec)}
+        if rec.status.get("phase") != Phase.FAILED.value or rec.status.get("message") != message:
+            await self.rt.post_event(rec.body, "Warning", reason, message)
+        await self._write_status(rec, status)
+
+    async def _write_status(self, rec: VMRecord, wanted: Mapping[str, Any]) -> None:
+        """One merge patch with only the fields that differ; nothing when nothing changed."""
+        current = rec.status
+        patch = {k: v for k, v in wanted.items() if current.get(k) != v}
+        if "conditions" in patch and _same_conditions(current.get("conditions"), patch["conditions"]):
+            del patch["conditions"]
+        if not patch:
+            rec.event_latency_start = None
+            return
+        meta = rec.body["metadata"]
+        try:
+            result = await self.rt.kube.patch_vm_status(meta["namespace"], meta["name"], patch)
+        except KubeError as exc:
+            if exc.not_found:
+                return
+            raise
+        self.rt.records.upsert(result)
+        if rec.event_latency_start is not None:
+            self.rt.metrics.event_lag.observe(time.monotonic() - rec.event_latency_start)
+            rec.event_latency_start = None
+
+    # --- helpers -----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _generation_moved(rec: VMRecord) -> bool:
+        generation = rec.body["metadata"].get("generation")
+        observed = rec.status.get("observedGeneration")
+        return generation is not None and observed is not None and int(generation) > int(observed)
+
+    @staticmethod
+    def _retry_token(rec: VMRecord) -> str:
+        return str((rec.body["metadata"].get("annotations") or {}).get(RETRY_ANNOTATION, ""))
+
+    def _retry_requested(self, rec: VMRecord) -> bool:
+        """A Failed VM is retried when the spec changed or the retry annotation got a new value."""
+        if self._generation_moved(rec):
+            return True
+        token = self._retry_token(rec)
+        return bool(token) and token != rec.status.get("observedRetry", "")
+
+    @staticmethod
+    def migrating(body: Mapping[str, Any]) -> bool:
+        return MIGRATING_ANNOTATION in (body.get("metadata", {}).get("annotations") or {})
+
+
+def _network_probe(name: str) -> Any:
+    return lambda conn: domains.network_exists(conn, name)
+
+
+def _same_conditions(old: Any, new: Any) -> bool:
+    def strip(conds: Any) -> list[tuple[Any, ...]]:
+        return sorted((c.get("type"), c.get("status"), c.get("reason"), c.get("message"))
+                      for c in (conds or []))
+    return strip(old) == strip(new)
+
+
+__all__ = ["PowerState", "Reconciler", "get_condition"]

@@ -1,0 +1,1 @@
+"""Everything that touches the host: the libvirt connection, domain XML and operations, disk storage."""

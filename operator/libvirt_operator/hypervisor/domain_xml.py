@@ -1,0 +1,254 @@
+"""Domain XML: built from a validated spec with ElementTree (never string formatting), and read back.
+
+The ``<metadata>`` block records who owns the domain (namespace, name, uid, node) and which disk files the
+operator created. Ownership is only ever proven from that block, and only when its uid is also the
+domain's UUID, so a domain someone else defined is never mistaken for ours.
+
+Lifecycle actions: ``on_poweroff=destroy`` and ``on_reboot=restart`` are libvirt's usual pair (a guest
+reboot stays a reboot, not a stop). ``on_crash=destroy``: on a guest panic (reported through the pvpanic
+device) libvirt emits CRASHED/PANICKED, then stops the domain with STOPPED/CRASHED (shutoff reason
+CRASHED), so the run strategy sees a crash rather than a guest paused forever. A QEMU process that dies
+(killed) is reported by libvirt as STOPPED/FAILED with shutoff reason CRASHED whatever ``on_crash`` says.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from libvirt_operator.api.constants import XML_NAMESPACE, XML_PREFIX
+from libvirt_operator.api.spec import VMSpec
+
+DOMAIN_TYPES = ("kvm", "qemu", "test")
+# libvirt names files after the domain (e.g. /var/log/libvirt/qemu/<name>.log): stay below NAME_MAX.
+MAX_DOMAIN_NAME = 240
+
+_NS = f"{{{XML_NAMESPACE}}}"
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_SIMPLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # arch and machine type names
+# Characters XML 1.0 cannot carry at all (ElementTree would write them raw and produce broken XML).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+_BUS_PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd"}
+_MAX_DISKS_PER_PREFIX = 26  # vda..vdz / sda..sdz
+
+
+@dataclass(frozen=True)
+class Owner:
+    namespace: str
+    name: str
+    uid: str
+    node: str
+
+
+def domain_name(namespace: str, name: str) -> str:
+    """``namespace_name``: "_" cannot occur in either part (DNS-1123), so the split is unambiguous."""
+    return f"{namespace}_{name}"
+
+
+def build_domain_xml(
+    *,
+    owner: Owner,
+    spec: VMSpec,
+    domain_type: str,
+    disk_paths: Mapping[str, Path],
+    allowed_dirs: Sequence[Path],
+    emulator: str | None = None,
+    arch: str = "x86_64",
+    machine: str | None = None,
+) -> str:
+    """The domain definition for ``spec``; raises ValueError for anything that must not reach libvirt."""
+    _check_owner(owner)
+    if domain_type not in DOMAIN_TYPES:
+        raise ValueError(f"domain type must be one of {', '.join(DOMAIN_TYPES)}, not {domain_type!r}")
+    if not _SIMPLE.fullmatch(arch):
+        raise ValueError(f"invalid architecture {arch!r}")
+    if machine is not None and not _SIMPLE.fullmatch(machine):
+        raise ValueError(f"invalid machine type {machine!r}")
+    if emulator is not None and (not Path(emulator).is_absolute() or _NOT_XML.search(emulator)):
+        raise ValueError(f"emulator must be an absolute path, not {emulator!r}")
+    sources = _disk_sources(spec, disk_paths, allowed_dirs)
+
+    domain = ET.Element("domain", type=domain_type)
+    ET.SubElement(domain, "name").text = domain_name(owner.namespace, owner.name)
+    ET.SubElement(domain, "uuid").text = owner.uid.lower()
+    _metadata(domain, owner, spec, sources)
+
+    kib = str(-(-spec.memory_bytes // 1024))
+    ET.SubElement(domain, "memory", unit="KiB").text = kib
+    ET.SubElement(domain, "currentMemory", unit="KiB").text = kib
+    ET.SubElement(domain, "vcpu", placement="static").text = str(spec.cores)
+
+    os_el = ET.SubElement(domain, "os")
+    os_type = ET.SubElement(os_el, "type", arch=arch)
+    if machine is not None:
+        os_type.set("machine", machine)
+    os_type.text = "hvm"
+    ET.SubElement(os_el, "boot", dev="hd")
+
+    features = ET.SubElement(domain, "features")
+    ET.SubElement(features, "acpi")
+    ET.SubElement(features, "apic")
+    ET.SubElement(domain, "clock", offset="utc")
+    ET.SubElement(domain, "on_poweroff").text = "destroy"
+    ET.SubElement(domain, "on_reboot").text = "restart"
+    ET.SubElement(domain, "on_crash").text = "destroy"
+
+    devices = ET.SubElement(domain, "devices")
+    if emulator is not None:
+        ET.SubElement(devices, "emulator").text = emulator
+    _disks(devices, spec, sources)
+    _interfaces(devices, spec)
+    serial = ET.SubElement(devices, "serial", type="pty")
+    ET.SubElement(serial, "target", port="0")
+    console = ET.SubElement(devices, "console", type="pty")
+    ET.SubElement(console, "target", type="serial", port="0")
+    # pvpanic: lets QEMU tell libvirt about a guest kernel panic, so on_crash applies.
+    ET.SubElement(devices, "panic", model="isa")
+
+    ET.indent(domain)
+    xml = ET.tostring(domain, encoding="unicode")
+    # ElementTree escapes metacharacters but writes control characters and lone surrogates as they are,
+    # which would make the document invalid; nothing legitimate carries them.
+    if _NOT_XML.search(xml):
+        raise ValueError("refusing to build domain XML: a value contains characters XML cannot carry")
+    return xml
+
+
+def _check_owner(owner: Owner) -> None:
+    # Kubernetes guarantees these shapes; re-checking keeps a misbehaving API (or caller) from putting
+    # anything unexpected into the domain name, which libvirt also uses for file names on the host.
+    if not (_LABEL.fullmatch(owner.namespace) and len(owner.namespace) <= 63):
+        raise ValueError(f"namespace {owner.namespace!r} is not a DNS-1123 label")
+    if not (_SUBDOMAIN.fullmatch(owner.name) and len(owner.name) <= 253):
+        raise ValueError(f"name {owner.name!r} is not a DNS-1123 subdomain")
+    if not (_SUBDOMAIN.fullmatch(owner.node) and len(owner.node) <= 253):
+        raise ValueError(f"node name {owner.node!r} is not a DNS-1123 subdomain")
+    if len(domain_name(owner.namespace, owner.name)) > MAX_DOMAIN_NAME:
+        raise ValueError(f"namespace and name together are too long for a libvirt domain name "
+                         f"(at most {MAX_DOMAIN_NAME} characters)")
+    if not _is_uuid(owner.uid):
+        raise ValueError(f"uid {owner.uid!r} is not a UUID (it becomes the domain UUID)")
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text.lower()
+    except ValueError:
+        return False
+
+
+def _disk_sources(spec: VMSpec, disk_paths: Mapping[str, Path], allowed_dirs: Sequence[Path]) -> dict[str, Path]:
+    """Each disk's resolved file, proven to lie inside one of ``allowed_dirs``."""
+    roots = [Path(d).resolve() for d in allowed_dirs]
+    sources: dict[str, Path] = {}
+    for disk in spec.disks:
+        if disk.name not in disk_paths:
+            raise ValueError(f"no disk file for disk {disk.name!r}")
+        # Resolve so that a symlink cannot point the guest at a host file or device; the resolved path
+        # is what goes into the XML, so what was checked is what QEMU opens.
+        path = Path(disk_paths[disk.name]).resolve()
+        if not any(path != root and path.is_relative_to(root) for root in roots):
+            raise ValueError(f"disk {disk.name!r}: {path} is outside the allowed directories")
+        if _NOT_XML.search(str(path)):
+            raise ValueError(f"disk {disk.name!r}: path contains characters XML cannot carry")
+        sources[disk.name] = path
+    return sources
+
+
+def _metadata(domain: ET.Element, owner: Owner, spec: VMSpec, sources: Mapping[str, Path]) -> None:
+    metadata = ET.SubElement(domain, "metadata")
+    # Prefixed names written literally, with the namespace declared on <lvo:instance> itself: the form
+    # libvirt's own metadata API stores (ElementTree would hoist the declaration to <domain>).
+    instance = ET.SubElement(metadata, f"{XML_PREFIX}:instance", {f"xmlns:{XML_PREFIX}": XML_NAMESPACE})
+    ET.SubElement(instance, f"{XML_PREFIX}:owner", namespace=owner.namespace, name=owner.name,
+                  uid=owner.uid.lower(), node=owner.node)
+    disks = ET.SubElement(instance, f"{XML_PREFIX}:disks")
+    for disk in spec.disks:
+        ET.SubElement(disks, f"{XML_PREFIX}:disk", name=disk.name, path=str(sources[disk.name]))
+
+
+def _disks(devices: ET.Element, spec: VMSpec, sources: Mapping[str, Path]) -> None:
+    counters = dict.fromkeys(_BUS_PREFIX.values(), 0)
+    for disk in spec.disks:
+        prefix = _BUS_PREFIX[disk.bus]
+        index = counters[prefix]
+        if index >= _MAX_DISKS_PER_PREFIX:
+            raise ValueError(f"too many disks on {prefix}* devices")
+        counters[prefix] = index + 1
+        element = ET.SubElement(devices, "disk", type="file", device="disk")
+        ET.SubElement(element, "driver", name="qemu", type="qcow2")
+        ET.SubElement(element, "source", file=str(sources[disk.name]))
+        ET.SubElement(element, "target", dev=prefix + chr(ord("a") + index), bus=disk.bus)
+    if any(disk.bus == "scsi" for disk in spec.disks):
+        ET.SubElement(devices, "controller", type="scsi", index="0", model="virtio-scsi")
+
+
+def _interfaces(devices: ET.Element, spec: VMSpec) -> None:
+    for nic in spec.interfaces:
+        if nic.network is not None:
+            element = ET.SubElement(devices, "interface", type="network")
+            ET.SubElement(element, "source", network=nic.network)
+        elif nic.bridge is not None:
+            element = ET.SubElement(devices, "interface", type="bridge")
+            ET.SubElement(element, "source", bridge=nic.bridge)
+        else:
+            raise ValueError(f"interface {nic.name!r} has neither a network nor a bridge")
+        if nic.mac_address is not None:
+            ET.SubElement(element, "mac", address=nic.mac_address)
+        ET.SubElement(element, "model", type=nic.model)
+
+
+def _parse(xml: str) -> ET.Element | None:
+    # libvirt never emits a DTD; refusing one rules out entity tricks in XML we did not write.
+    if not isinstance(xml, str) or "<!DOCTYPE" in xml or "<!ENTITY" in xml:
+        return None
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    return root if root.tag == "domain" else None
+
+
+def _instance(root: ET.Element) -> tuple[Owner, ET.Element] | None:
+    instance = root.find(f"metadata/{_NS}instance")
+    owner_el = None if instance is None else instance.find(f"{_NS}owner")
+    if instance is None or owner_el is None:
+        return None
+    values = [owner_el.get(key) for key in ("namespace", "name", "uid", "node")]
+    namespace, name, uid, node = values
+    if namespace is None or name is None or uid is None or node is None or not all(values):
+        return None
+    # The owner uid is the domain UUID by construction; metadata copied into another domain is not proof.
+    domain_uuid = (root.findtext("uuid") or "").strip().lower()
+    if uid.lower() != domain_uuid:
+        return None
+    return Owner(namespace=namespace, name=name, uid=uid.lower(), node=node), instance
+
+
+def parse_owner(xml: str) -> Owner | None:
+    """The owner recorded in our metadata; None for foreign domains, missing metadata or garbage."""
+    root = _parse(xml)
+    if root is None:
+        return None
+    found = _instance(root)
+    return None if found is None else found[0]
+
+
+def owned_disk_paths(xml: str) -> list[Path]:
+    """Disk files the operator created for this domain (from our metadata); empty when not ours."""
+    root = _parse(xml)
+    found = None if root is None else _instance(root)
+    if found is None:
+        return []
+    paths: list[Path] = []
+    for disk in found[1].findall(f"{_NS}disks/{_NS}disk"):
+        path = disk.get("path")
+        if path and Path(path).is_absolute():
+            paths.append(Path(path))
+    return paths

@@ -1,0 +1,181 @@
+"""Blocking domain operations; callers run them through ``Connection.call`` (off the asyncio loop).
+
+Each function takes the live ``virConnect`` first so it can be passed as ``lambda c: fn(c, ...)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import libvirt
+
+from libvirt_operator.hypervisor.connection import DomainNotFound
+from libvirt_operator.hypervisor.domain_xml import Owner, parse_owner
+
+logger = logging.getLogger(__name__)
+
+_UNDEFINE_FLAGS = (
+    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+    | getattr(libvirt, "VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA", 0)
+)
+
+
+@dataclass(frozen=True)
+class DomainState:
+    uuid: str
+    name: str
+    state: int  # virDomainState
+    reason: int
+    persistent: bool = True
+
+    @property
+    def active(self) -> bool:
+        return self.state not in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED,
+                                  libvirt.VIR_DOMAIN_NOSTATE)
+
+
+def lookup(conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain | None:
+    try:
+        return conn.lookupByUUIDString(uuid)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
+
+
+def state_of(conn: libvirt.virConnect, uuid: str) -> DomainState | None:
+    dom = lookup(conn, uuid)
+    if dom is None:
+        return None
+    try:
+        state, reason = dom.state()
+        return DomainState(uuid, dom.name(), state, reason, bool(dom.isPersistent()))
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
+
+
+def list_states(conn: libvirt.virConnect) -> dict[str, DomainState]:
+    """All domains' states in one libvirt call (the periodic full sync's single listing)."""
+    result: dict[str, DomainState] = {}
+    try:
+        stats = conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE, 0)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+            raise
+        stats = [(dom, {"state.state": dom.state()[0], "state.reason": dom.state()[1]})
+                 for dom in conn.listAllDomains(0)]
+    for dom, record in stats:
+        uuid = dom.UUIDString()
+        result[uuid] = DomainState(uuid, dom.name(), int(record.get("state.state", 0)),
+                                   int(record.get("state.reason", 0)))
+    return result
+
+
+def owner_of(conn: libvirt.virConnect, uuid: str) -> Owner | None:
+    """Ownership proven by our <metadata> in the domain XML; None for anybody else's domain."""
+    dom = lookup(conn, uuid)
+    if dom is None:
+        return None
+    return parse_owner(dom.XMLDesc(0))
+
+
+def xml_of(conn: libvirt.virConnect, uuid: str, flags: int = 0) -> str | None:
+    dom = lookup(conn, uuid)
+    return None if dom is None else str(dom.XMLDesc(flags))
+
+
+def define(conn: libvirt.virConnect, xml: str) -> str:
+    dom = conn.defineXML(xml)
+    return str(dom.UUIDString())
+
+
+def start(conn: libvirt.virConnect, uuid: str, *, paused: bool = False) -> None:
+    dom = _require(conn, uuid)
+    try:
+        dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
+    except libvirt.libvirtError as exc:
+        # Already running: someone (or a racing event) started it. Not an error for us.
+        if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and dom.isActive():
+            return
+        raise
+
+
+def shutdown(conn: libvirt.virConnect, uuid: str) -> None:
+    """Ask the guest to power off (ACPI). Returns at once; the caller polls and destroys after a timeout."""
+    dom = lookup(conn, uuid)
+    if dom is None or not dom.isActive():
+        return
+    try:
+        dom.shutdown()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+            raise
+
+
+def destroy(conn: libvirt.virConnect, uuid: str) -> None:
+    """Hard power-off; idempotent (nova: an already shut-off domain is fine)."""
+    dom = lookup(conn, uuid)
+    if dom is None:
+        return
+    try:
+        dom.destroy()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and not dom.isActive():
+            return
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return
+        raise
+
+
+def suspend(conn: libvirt.virConnect, uuid: str) -> None:
+    _require(conn, uuid).suspend()
+
+
+def resume(conn: libvirt.virConnect, uuid: str) -> None:
+    _require(conn, uuid).resume()
+
+
+def undefine(conn: libvirt.virConnect, uuid: str) -> None:
+    """Undefine with managed-save, NVRAM and snapshot metadata; fall back like nova on older libvirt."""
+    dom = lookup(conn, uuid)
+    if dom is None:
+        return
+    try:
+        dom.undefineFlags(_UNDEFINE_FLAGS)
+        return
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return
+        logger.debug("undefineFlags failed for %s (%s); retrying without flags", uuid, exc)
+    try:
+        if dom.hasManagedSaveImage(0):
+            dom.managedSaveRemove(0)
+    except libvirt.libvirtError:
+        pass
+    try:
+        dom.undefine()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            raise
+
+
+def network_exists(conn: libvirt.virConnect, name: str) -> bool:
+    try:
+        conn.networkLookupByName(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
+            return False
+        raise
+    return True
+
+
+def _require(conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain:
+    dom = lookup(conn, uuid)
+    if dom is None:
+        raise DomainNotFound(f"domain {uuid} not found")
+    return dom

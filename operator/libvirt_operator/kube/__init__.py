@@ -1,0 +1,1 @@
+"""Kubernetes API access of the operator itself (kopf runs its own watches)."""

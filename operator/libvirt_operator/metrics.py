@@ -1,0 +1,72 @@
+"""Prometheus metrics of one operator process (a registry of its own, so tests can run several)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter as PyCounter
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.event_lag = Histogram("libvirt_operator_event_to_status_seconds",
+                                   "libvirt lifecycle event received to status patched", buckets=LAG_BUCKETS,
+                                   registry=r)
+        self.reconcile = Histogram("libvirt_operator_reconcile_seconds", "reconciliation duration by handler",
+                                   ["handler"], buckets=LAG_BUCKETS, registry=r)
+        self.api_requests = Counter("libvirt_operator_api_requests_total",
+                                    "Kubernetes API requests made by the operator itself",
+                                    ["verb", "resource", "outcome"], registry=r)
+        self.libvirt_calls = Counter("libvirt_operator_libvirt_calls_total", "libvirt calls",
+                                     ["operation", "outcome"], registry=r)
+        self.vms = Gauge("libvirt_operator_vms", "VirtualMachines of this node by phase", ["phase"], registry=r)
+        self.connected = Gauge("libvirt_operator_libvirt_connected", "1 while libvirt answers", registry=r)
+        self.loop_lag = Histogram("libvirt_operator_event_loop_lag_seconds", "asyncio loop scheduling lag",
+                                  buckets=LAG_BUCKETS, registry=r)
+        self.loop_lag_max = Gauge("libvirt_operator_event_loop_lag_max_seconds",
+                                  "longest asyncio loop lag seen", registry=r)
+        self.restarts = Counter("libvirt_operator_restarts_total", "guests restarted by policy", registry=r)
+        self.events = Counter("libvirt_operator_libvirt_events_total", "libvirt lifecycle events received",
+                              ["type", "owned"], registry=r)
+        self.requests: PyCounter[tuple[str, str]] = PyCounter()
+
+    def on_api_request(self, verb: str, resource: str, ok: bool) -> None:
+        self.api_requests.labels(verb, resource, "ok" if ok else "error").inc()
+        self.requests[(verb, resource)] += 1
+
+    def on_libvirt_call(self, operation: str, ok: bool) -> None:
+        self.libvirt_calls.labels(operation, "ok" if ok else "error").inc()
+
+    def set_phases(self, phases: PyCounter[str]) -> None:
+        for phase in ("Pending", "Provisioning", "Starting", "Running", "Paused", "Stopping", "Stopped",
+                      "Failed", "Terminating"):
+            self.vms.labels(phase).set(phases.get(phase, 0))
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self.registry))
+
+    async def watch_loop_lag(self, interval: float = 0.1, collect: Callable[[], None] | None = None) -> None:
+        """Measures how late the loop wakes up: a blocked loop shows as lag."""
+        loop = asyncio.get_running_loop()
+        worst = 0.0
+        while True:
+            start = loop.time()
+            await asyncio.sleep(interval)
+            lag = max(loop.time() - start - interval, 0.0)
+            self.loop_lag.observe(lag)
+            if lag > worst:
+                worst = lag
+                self.loop_lag_max.set(worst)
+            if collect is not None:
+                collect()
+
+
+def monotonic() -> float:
+    return time.monotonic()

@@ -1,0 +1,1 @@
+"""The event pipeline: libvirt events to status patches, via a keyed work queue."""

@@ -1,0 +1,115 @@
+"""Per-VM in-memory records: the informer-like cache the reconciler works from.
+
+kopf's watch feeds the latest body of every VirtualMachine; libvirt events are attached to the record
+of the VM whose uid is the domain's UUID. Nothing here is persisted: after a restart, everything is
+derived again from the API (status) and libvirt (domain state), as KubeVirt's virt-handler does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from libvirt_operator.hypervisor.connection import LifecycleEvent
+
+Key = tuple[str, str]  # (namespace, name)
+
+# Events the operator's own actions cause are absorbed for this long after the action.
+EXPECT_WINDOW = 15.0
+MAX_PENDING_EVENTS = 32
+
+
+@dataclass
+class VMRecord:
+    key: Key
+    body: dict[str, Any]
+    seen_by_this_process: bool = False  # False until the first reconciliation (the start-up "resume" pass)
+    provisioning_here: bool = False  # this process is provisioning it right now
+    events: list[LifecycleEvent] = field(default_factory=list)
+    held_stop: LifecycleEvent | None = None  # a STOPPED event held back (reboot rule)
+    hold_until: float = 0.0  # time.monotonic()
+    expected: dict[str, float] = field(default_factory=dict)  # event type name -> expiry (monotonic)
+    stop_deadline: float | None = None  # graceful shutdown in progress until then, then destroy
+    last_event: dict[str, str] | None = None
+    event_latency_start: float | None = None  # monotonic receive time of the oldest unreflected event
+
+    @property
+    def uid(self) -> str:
+        return str(self.body.get("metadata", {}).get("uid", ""))
+
+    @property
+    def node_name(self) -> str | None:
+        node = (self.body.get("spec") or {}).get("nodeName")
+        return str(node) if node is not None else None
+
+    @property
+    def status(self) -> dict[str, Any]:
+        status = self.body.get("status")
+        return status if isinstance(status, dict) else {}
+
+    def expect(self, *event_types: str) -> None:
+        until = time.monotonic() + EXPECT_WINDOW
+        for name in event_types:
+            self.expected[name] = until
+
+    def is_expected(self, event_type: str) -> bool:
+        until = self.expected.get(event_type)
+        if until is None:
+            return False
+        del self.expected[event_type]  # one action, one event: consumed on first match
+        return until >= time.monotonic()
+
+
+class RecordStore:
+    """Records by key and by uid (the domain UUID)."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[Key, VMRecord] = {}
+        self._by_uid: dict[str, Key] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def __iter__(self) -> Iterator[VMRecord]:
+        return iter(list(self._by_key.values()))
+
+    def get(self, key: Key) -> VMRecord | None:
+        return self._by_key.get(key)
+
+    def by_uid(self, uid: str) -> VMRecord | None:
+        key = self._by_uid.get(uid)
+        return self._by_key.get(key) if key is not None else None
+
+    def upsert(self, body: dict[str, Any]) -> VMRecord:
+        meta = body.get("metadata", {})
+        key: Key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        record = self._by_key.get(key)
+        if record is None:
+            record = VMRecord(key=key, body=body)
+            self._by_key[key] = record
+        else:
+            if record.uid and record.uid != meta.get("uid"):
+                self._by_uid.pop(record.uid, None)  # same name, new object
+                record = VMRecord(key=key, body=body)
+                self._by_key[key] = record
+            elif _newer_or_equal(body, record.body):
+                record.body = body
+        if meta.get("uid"):
+            self._by_uid[str(meta["uid"])] = key
+        return record
+
+    def remove(self, key: Key) -> VMRecord | None:
+        record = self._by_key.pop(key, None)
+        if record is not None:
+            self._by_uid.pop(record.uid, None)
+        return record
+
+
+def _newer_or_equal(new: dict[str, Any], old: dict[str, Any]) -> bool:
+    """Never let a stale watch event overwrite a body our own patch already returned."""
+    try:
+        return int(new["metadata"]["resourceVersion"]) >= int(old["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):
+        return True

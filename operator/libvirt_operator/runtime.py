@@ -1,0 +1,314 @@
+"""The operator's running state for one node, and the start-up sequence in nova's ``init_host`` order.
+
+1. libvirt: event loop thread, connection (with callbacks), host capabilities, version and quality checks;
+2. the VirtualMachines of the cluster, listed once; the host-level domain scan (evacuated, orphaned,
+   foreign domains);
+3. every VM of this node reconciled once (the "resume" pass: interrupted provisioning, stops, starts and
+   deletions, guests to resume after a host reboot), with bounded concurrency;
+4. then ready. The periodic full sync and the event pipeline run from then on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+import libvirt
+
+from libvirt_operator.hypervisor import domains
+from libvirt_operator.hypervisor.connection import Connection, HypervisorError, LifecycleEvent
+from libvirt_operator.hypervisor.storage import Storage
+from libvirt_operator.kube.client import KubeClient, KubeError
+from libvirt_operator.metrics import Metrics
+from libvirt_operator.pipeline.records import MAX_PENDING_EVENTS, Key, RecordStore
+from libvirt_operator.pipeline.workqueue import WorkQueue
+from libvirt_operator.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def choose_domain_type(conn: libvirt.virConnect, wanted: str) -> tuple[str, str | None]:
+    """Blocking: 'kvm' when libvirt offers KVM for the host arch, else 'qemu' (TCG); 'test' on test://."""
+    caps = ET.fromstring(conn.getCapabilities())
+    host_arch = caps.findtext("./host/cpu/arch") or "x86_64"
+    offered: dict[str, str | None] = {}
+    for guest in caps.findall("guest"):
+        arch = guest.find("arch")
+        if arch is None or arch.get("name") != host_arch or guest.findtext("os_type") != "hvm":
+            continue
+        emulator = arch.findtext("emulator")
+        for dom in arch.findall("domain"):
+            offered[dom.get("type", "")] = dom.findtext("emulator") or emulator
+    if "test" in offered:
+        return "test", None
+    if wanted != "auto":
+        if wanted not in offered:
+            raise HypervisorError(f"--domain-type {wanted} is not offered by libvirt here "
+                                  f"(offered: {', '.join(sorted(offered)) or 'none'})")
+        return wanted, offered[wanted]
+    if "kvm" in offered and os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "kvm", offered["kvm"]
+    if "qemu" in offered:
+        return "qemu", offered["qemu"]
+    raise HypervisorError(f"libvirt offers no hvm guest for {host_arch}")
+
+
+class Runtime:
+    def __init__(self, settings: Settings, kube: KubeClient, *, metrics: Metrics | None = None) -> None:
+        # Imports here keep the module graph acyclic (handlers refer back to the runtime).
+        from libvirt_operator.handlers.host import HostReconciler
+        from libvirt_operator.handlers.node import NodeReporter
+        from libvirt_operator.handlers.vm import Reconciler
+
+        self.settings = settings
+        self.kube = kube
+        self.metrics = metrics or Metrics()
+        kube.on_request = self.metrics.on_api_request
+        self.conn = Connection(settings.libvirt_uri, workers=max(settings.workers, 4),
+                               max_backoff=settings.reconnect_max_backoff,
+                               keepalive_interval=settings.keepalive_interval,
+                               keepalive_count=settings.keepalive_count)
+        self.conn.on_call = self.metrics.on_libvirt_call
+        self.storage = Storage(settings.image_dir, settings.storage_dir)
+        self.records = RecordStore()
+        self.queue: WorkQueue[Key] = WorkQueue(max_delay=10.0)
+        self.reconciler = Reconciler(self)
+        self.host = HostReconciler(self)
+        self.node = NodeReporter(self)
+        self.restart_required: dict[str, bool] = {}
+        self.domain_type = "kvm"
+        self.emulator: str | None = None
+        self._pending_first: set[Key] = set()
+        self._first_pass_event = asyncio.Event()
+        self._startup_done = False
+        self._ready_reason = "start-up reconciliation has not run yet"
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[Any]] = []
+        self.startup_seconds: float | None = None
+
+    # --- readiness -----------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._startup_done and not self._pending_first
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.ready:
+            return True, "ready"
+        if self._startup_done:
+            return False, f"{len(self._pending_first)} VMs not reconciled yet"
+        return False, self._ready_reason
+
+    def first_pass_done(self, key: Key) -> None:
+        self._pending_first.discard(key)
+        if not self._pending_first:
+            self._first_pass_event.set()
+
+    # --- start-up and shutdown -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        started = time.monotonic()
+        s = self.settings
+        self.conn.add_state_listener(self._on_connection_state)
+        self.conn.add_event_sink(self._on_libvirt_event)
+        self.node.start()
+        await self.conn.start()
+        self._ready_reason = f"waiting for libvirt at {s.libvirt_uri}"
+        await self.conn.wait_connected()
+        from libvirt_operator.handlers.node import quality_warnings, read_host_info
+
+        self.domain_type, self.emulator = await self.conn.call(
+            "capabilities", lambda c: choose_domain_type(c, s.domain_type))
+        info = await self.conn.call("host info", lambda c: read_host_info(c, self.domain_type))
+        for warning in quality_warnings(info):
+            logger.warning("host quality warning: %s", warning)
+        logger.info("libvirt %s on %s (%s, %s): domain type %s", info.libvirt_version, s.node_name, info.arch,
+                    info.cpu_model, self.domain_type)
+        await self.node.publish_capabilities(info)
+        await asyncio.to_thread(self.storage.mark_node, s.node_name)
+
+        self._ready_reason = "listing VirtualMachines"
+        vms = await self._list_vms_until_answered()
+        for vm in vms:
+            self.records.upsert(vm)
+        self._ready_reason = "scanning domains"
+        await self.host.startup_scan(vms)
+
+        mine = [rec.key for rec in self.records if rec.node_name == s.node_name]
+        self._pending_first = set(mine)
+        self.queue.start(self._reconcile, s.workers)
+        for key in mine:
+            self.queue.add(key)
+        self._startup_done = True
+        self._loops.append(asyncio.create_task(self._sync_loop(), name="full-sync"))
+        self._loops.append(asyncio.create_task(self.metrics.watch_loop_lag(collect=self._collect),
+                                               name="loop-lag"))
+        await self._wait_first_pass()
+        self.startup_seconds = time.monotonic() - started
+        logger.info("start-up reconciliation done: %d VMs on %s in %.2fs; ready", len(mine), s.node_name,
+                    self.startup_seconds)
+
+    async def _wait_first_pass(self) -> None:
+        if self._pending_first:
+            await self._first_pass_event.wait()
+
+    async def _list_vms_until_answered(self) -> list[dict[str, Any]]:
+        delay = 0.2
+        while True:
+            try:
+                return await self.kube.list_vms(self.settings.namespace)
+            except KubeError as exc:
+                logger.warning("cannot list VirtualMachines (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def stop(self, grace: float = 30.0) -> None:
+        try:
+            await asyncio.wait_for(self.queue.wait_idle(), grace)
+        except TimeoutError:
+            logger.warning("stopping with reconciliations still in progress")
+        await self.queue.stop()
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self.node.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.conn.close()
+
+    # --- inputs ----------------------------------------------------------------------------------------
+
+    def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A watch event from kopf (type None during its initial listing)."""
+        meta = body.get("metadata", {})
+        key: Key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        if event_type == "DELETED":
+            record = self.records.remove(key)
+            if record is not None and record.node_name == self.settings.node_name:
+                # Deleted without our finalizer (forced): its domain is now an orphan.
+                self.spawn(self._cleanup_vanished(record.uid))
+            return
+        previous = self.records.get(key)
+        was_mine = previous is not None and previous.node_name == self.settings.node_name
+        record = self.records.upsert(dict(body))
+        if record.node_name == self.settings.node_name or was_mine:
+            if self._startup_done:
+                self.queue.add(key)
+
+    def _on_libvirt_event(self, event: LifecycleEvent) -> None:
+        from libvirt_operator.api.status import event_name
+
+        record = self.records.by_uid(event.uuid)
+        owned = record is not None and record.node_name == self.settings.node_name
+        self.metrics.events.labels(event_name(event.event), "yes" if owned else "no").inc()
+        if record is None or not owned:
+            logger.debug("libvirt event for domain %s ignored: not a VM of this node", event.uuid)
+            return
+        if len(record.events) >= MAX_PENDING_EVENTS:
+            del record.events[0]  # coalesce: only the latest states matter
+        record.events.append(event)
+        if record.event_latency_start is None:
+            record.event_latency_start = event.received
+        if self._startup_done:
+            self.queue.add(record.key)
+
+    def _on_connection_state(self, connected: bool, reason: str) -> None:
+        self.node.set_connected(connected, reason)
+        self.metrics.connected.set(1 if connected else 0)
+        if self._startup_done:
+            # Disconnected: every VM gets HypervisorConnected=False. Reconnected: a full sync.
+            for rec in self.records:
+                if rec.node_name == self.settings.node_name:
+                    self.queue.add(rec.key)
+
+    async def _cleanup_vanished(self, uid: str) -> None:
+        try:
+            exists = await self.conn.call("domain state", lambda c: domains.state_of(c, uid))
+            if exists is None:
+                return
+            logger.warning("VirtualMachine with uid %s vanished without clean-up: removing its domain", uid)
+            await self.host.destroy_owned(uid, undefine=True)
+            if self.settings.delete_orphan_disks:
+                await asyncio.to_thread(self.storage.remove_vm_dir, uid)
+        except HypervisorError as exc:
+            logger.warning("could not clean up the domain of vanished VM %s: %s", uid, exc)
+
+    # --- periodic full sync ------------------------------------------------------------------------------
+
+    async def full_sync(self) -> int:
+        """One libvirt listing; queue only the VMs whose recorded state differs. Returns how many."""
+        from libvirt_operator.api.status import power_state
+
+        states = await self.conn.call("list domain states", domains.list_states)
+        drifted = 0
+        for rec in self.records:
+            if rec.node_name != self.settings.node_name:
+                continue
+            status = rec.status
+            dom = states.get(rec.uid)
+            if dom is None:
+                if status.get("domainName") and status.get("phase") not in ("Failed", "Pending", None):
+                    drifted += 1
+                    self.queue.add(rec.key)
+                continue
+            if power_state(dom.state).value != status.get("powerState"):
+                drifted += 1
+                self.queue.add(rec.key)
+        if drifted:
+            logger.info("full sync: %d of %d domains drifted from their recorded state", drifted, len(states))
+        return drifted
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sync_interval)
+            if not self.conn.connected:
+                continue
+            try:
+                await self.full_sync()
+            except HypervisorError as exc:
+                logger.warning("full sync failed: %s", exc)
+
+    # --- reconciliation --------------------------------------------------------------------------------
+
+    async def _reconcile(self, key: Key) -> float | None:
+        started = time.monotonic()
+        try:
+            return await self.reconciler.reconcile(key)
+        finally:
+            self.metrics.reconcile.labels("vm").observe(time.monotonic() - started)
+
+    # --- helpers ---------------------------------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def post_event(self, involved: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        try:
+            await self.kube.post_event(involved, type_=type_, reason=reason, message=message)
+        except KubeError as exc:
+            logger.info("could not post event %s: %s", reason, exc)
+
+    async def post_node_event(self, type_: str, reason: str, message: str) -> None:
+        node = {"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": self.settings.node_name, "namespace": "default", "uid": self.settings.node_name}}
+        await self.post_event(node, type_, reason, message)
+
+    @staticmethod
+    def bridge_exists(name: str) -> bool:
+        return os.path.isdir(os.path.join("/sys/class/net", name, "bridge"))
+
+    def _collect(self) -> None:
+        phases: Counter[str] = Counter()
+        for rec in self.records:
+            if rec.node_name == self.settings.node_name:
+                phases[str(rec.status.get("phase", "Pending"))] += 1
+        self.metrics.set_phases(phases)

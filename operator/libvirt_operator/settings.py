@@ -1,0 +1,168 @@
+"""Operator settings: one dataclass, filled from command-line flags with environment fallbacks.
+
+Every flag has an environment variable (shown in `libvirt-operator run --help`) so that the Helm
+chart can pass settings either way. Flags win over the environment, the environment over defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "LIBVIRT_OPERATOR_"
+
+
+def _state_dir() -> Path:
+    """Per-user state directory for local mode (no preparation needed).
+
+    For root it is under /var/lib: QEMU runs as another user (libvirt-qemu) that cannot enter /root.
+    """
+    if os.geteuid() == 0:
+        return Path("/var/lib/libvirt-operator/local")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "libvirt-operator"
+
+
+@dataclass(frozen=True)
+class Settings:
+    node_name: str = "dev-node"
+    libvirt_uri: str = "qemu:///system"
+    kubeconfig: str | None = None
+    namespace: str | None = None  # None: all namespaces
+    image_dir: Path = Path("/var/lib/libvirt-operator/images")
+    storage_dir: Path = Path("/var/lib/libvirt-operator/disks")
+    domain_type: str = "auto"  # auto | kvm | qemu
+    sync_interval: float = 60.0
+    shutdown_timeout: float = 60.0
+    stopped_event_delay: float = 2.0
+    shared_storage: str = "auto"  # auto | true | false
+    resume_guests_on_host_boot: bool = True
+    delete_orphan_disks: bool = False
+    max_vcpus: int = 64
+    max_memory_mib: int = 262144
+    max_disks: int = 16
+    max_interfaces: int = 8
+    workers: int = 16
+    health_port: int = 8080
+    metrics_port: int = 9090
+    reconnect_max_backoff: float = 30.0
+    keepalive_interval: int = 5
+    keepalive_count: int = 3
+    log_level: str = "INFO"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# (flag, env suffix, field, type, help). Types: str, int, float, path, bool (--x/--no-x).
+_OPTIONS: list[tuple[str, str, str, str, str]] = [
+    ("--node-name", "NODE_NAME", "node_name", "str", "node whose VMs this operator owns (env NODE_NAME too)"),
+    ("--libvirt-uri", "LIBVIRT_URI", "libvirt_uri", "str", "libvirt connection URI"),
+    ("--kubeconfig", "KUBECONFIG", "kubeconfig", "str", "kubeconfig file (in-cluster config if unset)"),
+    ("--namespace", "NAMESPACE", "namespace", "str", "watch one namespace only (default: all)"),
+    ("--image-dir", "IMAGE_DIR", "image_dir", "path", "directory of base images that disks may use"),
+    ("--storage-dir", "STORAGE_DIR", "storage_dir", "path", "directory where VM disks are created"),
+    ("--domain-type", "DOMAIN_TYPE", "domain_type", "str", "libvirt domain type: auto, kvm or qemu"),
+    ("--sync-interval", "SYNC_INTERVAL", "sync_interval", "float", "seconds between full power-state syncs"),
+    ("--shutdown-timeout", "SHUTDOWN_TIMEOUT", "shutdown_timeout", "float",
+     "seconds a graceful guest shutdown may take before the domain is destroyed"),
+    ("--stopped-event-delay", "STOPPED_EVENT_DELAY", "stopped_event_delay", "float",
+     "seconds a STOPPED event is held back so that a reboot (STOPPED then STARTED) does not flap"),
+    ("--shared-storage", "SHARED_STORAGE", "shared_storage", "str",
+     "whether the storage directory is shared between nodes: auto, true or false"),
+    ("--resume-guests-on-host-boot", "RESUME_GUESTS_ON_HOST_BOOT", "resume_guests_on_host_boot", "bool",
+     "start guests that should run but are shut off when the operator starts"),
+    ("--delete-orphan-disks", "DELETE_ORPHAN_DISKS", "delete_orphan_disks", "bool",
+     "remove the disks of owned domains whose VirtualMachine no longer exists"),
+    ("--max-vcpus", "MAX_VCPUS", "max_vcpus", "int", "largest cpu.cores a VM may ask for"),
+    ("--max-memory-mib", "MAX_MEMORY_MIB", "max_memory_mib", "int", "largest memory (MiB) a VM may ask for"),
+    ("--max-disks", "MAX_DISKS", "max_disks", "int", "most disks a VM may have"),
+    ("--max-interfaces", "MAX_INTERFACES", "max_interfaces", "int", "most interfaces a VM may have"),
+    ("--workers", "WORKERS", "workers", "int", "VMs reconciled concurrently"),
+    ("--health-port", "HEALTH_PORT", "health_port", "int", "port of /healthz (liveness) and /readyz (readiness)"),
+    ("--metrics-port", "METRICS_PORT", "metrics_port", "int", "port of the Prometheus /metrics endpoint (0: off)"),
+    ("--reconnect-max-backoff", "RECONNECT_MAX_BACKOFF", "reconnect_max_backoff", "float",
+     "upper bound of the libvirt reconnection backoff, seconds"),
+    ("--log-level", "LOG_LEVEL", "log_level", "str", "DEBUG, INFO, WARNING or ERROR"),
+]
+
+# Flags every `run` accepts; the Helm chart's tests check the chart passes nothing else.
+RUN_FLAGS = frozenset(opt[0] for opt in _OPTIONS) | frozenset(
+    "--no-" + opt[0][2:] for opt in _OPTIONS if opt[3] == "bool"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare every setting as a flag; defaults stay None so the environment can fill the gap."""
+    for flag, env, name, kind, help_text in _OPTIONS:
+        env_name = "NODE_NAME" if name == "node_name" else "KUBECONFIG" if name == "kubeconfig" else (
+            ENV_PREFIX + env)
+        full_help = f"{help_text} [env {env_name}]"
+        if kind == "bool":
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                                help=full_help)
+        else:
+            conv: Any = {"str": str, "int": int, "float": float, "path": Path}[kind]
+            parser.add_argument(flag, dest=name, type=conv, default=None, help=full_help)
+
+
+def env_name_for(name: str) -> str:
+    for _flag, env, field_name, _kind, _help in _OPTIONS:
+        if field_name == name:
+            if name in ("node_name", "kubeconfig"):
+                return env
+            return ENV_PREFIX + env
+    raise KeyError(name)
+
+
+def _parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def from_namespace(args: argparse.Namespace, *, local_mode: bool = False, **overrides: Any) -> Settings:
+    """Build Settings from parsed flags, then the environment, then defaults."""
+    values: dict[str, Any] = {}
+    kinds = {opt[2]: opt[3] for opt in _OPTIONS}
+    for name, kind in kinds.items():
+        value = getattr(args, name, None)
+        if value is None:
+            raw = os.environ.get(env_name_for(name))
+            if raw is not None and raw != "":
+                conv: Any = {"str": str, "int": int, "float": float, "path": Path, "bool": _parse_bool}[kind]
+                try:
+                    value = conv(raw)
+                except ValueError as exc:
+                    raise SystemExit(f"invalid {env_name_for(name)}={raw!r}: {exc}") from exc
+        if value is not None:
+            values[name] = value
+    if local_mode:
+        state = _state_dir()
+        values.setdefault("image_dir", state / "images")
+        values.setdefault("storage_dir", state / "disks")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    settings = Settings(**values)
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    if settings.domain_type not in ("auto", "kvm", "qemu"):
+        raise SystemExit(f"--domain-type must be auto, kvm or qemu, not {settings.domain_type!r}")
+    if settings.shared_storage not in ("auto", "true", "false"):
+        raise SystemExit(f"--shared-storage must be auto, true or false, not {settings.shared_storage!r}")
+    for name in ("sync_interval", "shutdown_timeout", "stopped_event_delay", "reconnect_max_backoff"):
+        if getattr(settings, name) < 0:
+            raise SystemExit(f"{name.replace('_', '-')} must not be negative")
+    if settings.workers < 1:
+        raise SystemExit("--workers must be at least 1")
+
+
+def replace(settings: Settings, **changes: Any) -> Settings:
+    return dataclasses.replace(settings, **changes)

@@ -1,0 +1,212 @@
+"""The event pipeline in one process: the API emulator, the operator, and libvirt's test:///default driver.
+
+test:///default is real libvirt with an in-memory hypervisor; its state is shared by every connection of
+the process, so the test acts on domains "from outside" through a connection of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from libvirt_operator.api.constants import CRD_PATH, GROUP, PLURAL, VERSION
+from libvirt_operator.emulator import KubeEmulator
+from libvirt_operator.operator_main import run_operator
+from libvirt_operator.runtime import Runtime
+from libvirt_operator.settings import Settings
+
+NODE = "unit-node"
+STOPPED, STARTED = libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STARTED
+
+
+async def until(predicate: Callable[[], Any], limit: float = 20.0, what: str = "condition") -> Any:
+    deadline = asyncio.get_running_loop().time() + limit
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+class OperatorThread:
+    """The operator on its own loop in a thread, as in production (kopf cancels foreign tasks when it stops)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.runtime: Runtime | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self.thread = threading.Thread(target=self._main, name="operator", daemon=True)
+        self.error: BaseException | None = None
+
+    def _main(self) -> None:
+        async def run() -> None:
+            self.loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            await run_operator(self.settings, stop_flag=self._stop, health_host="127.0.0.1",
+                               on_runtime=lambda rt: setattr(self, "runtime", rt))
+        try:
+            asyncio.run(run())
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def call(self, fn: Callable[[], Any]) -> None:
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(fn)
+
+    async def idle(self) -> None:
+        assert self.loop is not None and self.runtime is not None
+        future = asyncio.run_coroutine_threadsafe(self.runtime.queue.wait_idle(), self.loop)
+        await asyncio.wrap_future(future)
+
+    def stop(self) -> None:
+        if self.loop is not None and self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "the operator did not stop within 30 s"
+        assert self.error is None, self.error
+
+
+@dataclasses.dataclass
+class Env:
+    api: KubeEmulator
+    operator: OperatorThread
+    libvirt: libvirt.virConnect
+
+    @property
+    def runtime(self) -> Runtime:
+        assert self.operator.runtime is not None
+        return self.operator.runtime
+
+    def simulate(self, uid: str, event: int, detail: int) -> None:
+        self.operator.call(lambda: self.runtime.conn.simulate_event(uid, event, detail))
+
+    def vm(self, name: str) -> dict[str, Any] | None:
+        return self.api.get_object(GROUP, VERSION, PLURAL, "default", name)
+
+    def status(self, name: str) -> dict[str, Any]:
+        return dict((self.vm(name) or {}).get("status") or {})
+
+    def status_patches(self) -> int:
+        return int(self.api.requests[("patch", f"{PLURAL}/status")])
+
+    async def create(self, name: str, **spec: Any) -> str:
+        import aiohttp
+
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachine",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"nodeName": NODE, "memory": "64Mi", **spec}}
+        async with aiohttp.ClientSession() as session:
+            url = f"{self.api.url}/apis/{GROUP}/{VERSION}/namespaces/default/{PLURAL}"
+            async with session.post(url, json=body) as resp:
+                assert resp.status == 201, await resp.text()
+                created = await resp.json()
+        return str(created["metadata"]["uid"])
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    async with KubeEmulator(crd_paths=[CRD_PATH]) as api:
+        kubeconfig = tmp_path / "kubeconfig"
+        api.write_kubeconfig(kubeconfig)
+        settings = Settings(node_name=NODE, libvirt_uri="test:///default", kubeconfig=str(kubeconfig),
+                            image_dir=tmp_path / "images", storage_dir=tmp_path / "disks", stopped_event_delay=0.5,
+                            shutdown_timeout=0.5, health_port=0, metrics_port=0, sync_interval=3600)
+        operator = OperatorThread(settings)
+        operator.start()
+        await until(lambda: operator.runtime is not None and operator.runtime.ready,
+                    what="the operator to be ready")
+        conn = libvirt.open("test:///default")
+        try:
+            yield Env(api, operator, conn)
+        finally:
+            await asyncio.to_thread(operator.stop)
+            for dom in conn.listAllDomains(0):
+                if dom.name() != "test":
+                    if dom.isActive():
+                        dom.destroy()
+                    dom.undefine()
+            conn.close()
+
+
+async def test_a_stopped_then_started_pair_is_a_reboot_no_flap_no_restart(env: Env) -> None:
+    uid = await env.create("reboot")
+    await until(lambda: env.status("reboot").get("phase") == "Running", what="Running")
+    before = env.status("reboot")
+    env.simulate(uid, STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
+    env.simulate(uid, STARTED, libvirt.VIR_DOMAIN_EVENT_STARTED_BOOTED)
+    await until(lambda: env.status("reboot").get("lastEvent", {}).get("type") == "Started"
+                and env.status("reboot").get("lastEvent") != before.get("lastEvent"), what="the STARTED event")
+    await env.operator.idle()
+    after = env.status("reboot")
+    assert after["phase"] == "Running"
+    assert after.get("restarts", 0) == before.get("restarts", 0)
+    assert "GuestShutdown" not in [e.get("reason") for e in env.api.objects("", "v1", "events")]
+
+
+async def test_a_held_stopped_event_lands_after_the_delay_and_always_restarts(env: Env) -> None:
+    uid = await env.create("crash", runStrategy="Always")
+    await until(lambda: env.status("crash").get("phase") == "Running", what="Running")
+    env.libvirt.lookupByUUIDString(uid).destroy()  # from outside: STOPPED/DESTROYED
+    status = await until(lambda: env.status("crash").get("restarts") == 1 and env.status("crash"),
+                         what="a restart by policy")
+    assert status["phase"] == "Running"
+    assert env.libvirt.lookupByUUIDString(uid).isActive()
+    reasons = [e.get("reason") for e in env.api.objects("", "v1", "events")]
+    assert "GuestDestroyed" in reasons and "RestartedByPolicy" in reasons
+
+
+async def test_an_event_burst_for_one_vm_is_coalesced_into_at_most_one_write_per_reconcile(env: Env) -> None:
+    uid = await env.create("burst")
+    await until(lambda: env.status("burst").get("phase") == "Running", what="Running")
+    await env.operator.idle()
+    dom = env.libvirt.lookupByUUIDString(uid)
+    before = env.status_patches()
+    for _ in range(20):
+        dom.suspend()
+        dom.resume()
+    dom.suspend()
+    await until(lambda: env.status("burst").get("phase") == "Paused", what="Paused")
+    await env.operator.idle()
+    writes = env.status_patches() - before
+    assert 1 <= writes <= 41  # never more than one per event; coalescing usually makes it a handful
+    assert env.status("burst")["lastEvent"]["type"] == "Suspended"
+
+
+async def test_events_for_domains_the_operator_does_not_own_are_ignored(env: Env) -> None:
+    foreign = env.libvirt.lookupByName("test")  # test:///default's own domain: not ours
+    before = env.status_patches()
+    foreign.suspend()
+    foreign.resume()
+    await env.operator.idle()
+    assert env.status_patches() == before
+    assert foreign.isActive()
+
+
+async def test_halted_stops_a_guest_started_from_outside(env: Env) -> None:
+    uid = await env.create("halted", runStrategy="Halted")
+    await until(lambda: env.status("halted").get("phase") == "Stopped", what="Stopped")
+    env.libvirt.lookupByUUIDString(uid).create()
+    await until(lambda: not env.libvirt.lookupByUUIDString(uid).isActive(), what="the guest stopped again")
+    await until(lambda: env.status("halted").get("phase") == "Stopped", what="Stopped again")
+
+
+async def test_creation_to_running_costs_at_most_three_writes(env: Env) -> None:
+    env.api.requests.clear()
+    await env.create("cheap")
+    await until(lambda: env.status("cheap").get("phase") == "Running", what="Running")
+    await env.operator.idle()
+    writes = sum(n for (verb, resource), n in env.api.requests.items()
+                 if verb in ("patch", "update") and resource.startswith(PLURAL))
+    assert writes <= 3, env.api.requests

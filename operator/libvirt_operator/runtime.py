@@ -211,6 +211,7 @@ class Runtime:
         if record is None or not owned:
             logger.debug("libvirt event for domain %s ignored: not a VM of this node", event.uuid)
             return
+        logger.debug("libvirt event %s/%s for %s/%s", event_name(event.event), event.detail, *record.key)
         if len(record.events) >= MAX_PENDING_EVENTS:
             del record.events[0]  # coalesce: only the latest states matter
         record.events.append(event)

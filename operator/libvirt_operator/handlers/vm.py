@@ -377,10 +377,16 @@ class Reconciler:
                 continue  # definitions are reconciled from the domain itself, not reported
             if rec.is_expected(etype):
                 continue  # caused by our own action, already reflected in the status we wrote
-            if etype == "Stopped" and self.rt.settings.stopped_event_delay > 0 and rec.held_stop is None:
-                rec.held_stop = ev
-                rec.hold_until = ev.received + self.rt.settings.stopped_event_delay
+            if etype in ("Shutdown", "Stopped") and self.rt.settings.stopped_event_delay > 0:
+                # A stop episode (QEMU's SHUTDOWN notice, then STOPPED) is held back as one: a STARTED
+                # within the delay makes it a reboot. The STOPPED, when it comes, is what gets reported.
+                if rec.held_stop is None:
+                    rec.hold_until = ev.received + self.rt.settings.stopped_event_delay
+                if rec.held_stop is None or etype == "Stopped":
+                    rec.held_stop = ev
                 continue
+            if etype == "Shutdown" and self._last_type(rec) == "Stopped":
+                continue  # a late shutdown notice after the STOPPED it belongs to
             if etype == "Started" and rec.held_stop is not None:
                 logger.info("%s/%s: STOPPED then STARTED within %.1fs: treated as a reboot", *rec.key,
                             self.rt.settings.stopped_event_delay)
@@ -391,7 +397,7 @@ class Reconciler:
             if now < rec.hold_until:
                 return rec.hold_until - now
             ev, rec.held_stop = rec.held_stop, None
-            self._note_event(rec, ev, "Stopped", detail_name(ev.event, ev.detail))
+            self._note_event(rec, ev, event_name(ev.event), detail_name(ev.event, ev.detail))
         return None
 
     def _note_event(self, rec: VMRecord, ev: Any, etype: str, detail: str) -> None:
@@ -401,6 +407,13 @@ class Reconciler:
             self.rt.spawn(self.rt.post_event(rec.body, notable[0], notable[1],
                                              f"libvirt reported {etype} ({detail}) for domain "
                                              f"{rec.status.get('domainName', rec.uid)}"))
+
+    @staticmethod
+    def _last_type(rec: VMRecord) -> str | None:
+        if rec.last_event is not None:
+            return rec.last_event.get("type")
+        last = rec.status.get("lastEvent")
+        return last.get("type") if isinstance(last, dict) else None
 
     @staticmethod
     def _own_event(etype: str, detail: str) -> dict[str, str]:

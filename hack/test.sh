@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The README's test command (and CI's, via .ci/run): set-up, then lint, type-check and the test suite.
+# Every check runs even if an earlier one failed; the exit code is the first failure's.
+# Extra arguments go to pytest, e.g. `hack/test.sh -x -k lifecycle` or `hack/test.sh tests/unit`.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+bash hack/setup.sh || exit $?
+export PATH="$PWD/.venv/bin:$PATH"  # tests and tools find kubectl/helm here
+
+first_failure=0
+check() {  # check NAME COMMAND...
+    local name=$1 rc
+    shift
+    echo "== $name"
+    "$@"
+    rc=$?
+    if [ "$rc" -ne 0 ]; then
+        echo "== $name FAILED (exit $rc)"
+        [ "$first_failure" -ne 0 ] || first_failure=$rc
+    fi
+    return 0
+}
+
+check ruff .venv/bin/ruff check operator tests
+check mypy .venv/bin/mypy
+
+# Default to the whole suite unless a test path was given.
+paths=(tests)
+for arg in "$@"; do
+    case "$arg" in -*) continue ;; esac
+    if [ -e "${arg%%::*}" ]; then paths=(); break; fi
+done
+
+echo "== pytest"
+.venv/bin/python -m pytest -q "${paths[@]}" "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+    # pytest's "no tests ran" is exit 5: never let an empty run pass for a green suite.
+    echo "test.sh: pytest collected no tests (exit 5); this is a failure" >&2
+fi
+[ "$first_failure" -ne 0 ] || first_failure=$rc
+exit "$first_failure"

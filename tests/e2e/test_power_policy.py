@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from typing import Any
 
 import libvirt
@@ -90,17 +91,30 @@ def test_virsh_suspend_and_resume_are_recorded_not_fought(cluster: Cluster, host
     assert status["lastEvent"]["type"] == "Resumed"
 
 
-def test_virsh_shutdown_is_a_clean_stop_for_rerun_on_failure(cluster: Cluster, host: Host, make_operator: Any,
-                                                             node_name: str) -> None:
-    """A guest without an OS ignores ACPI; `virsh shutdown --mode` cannot help, so the clean shutdown is
-    produced as libvirt reports it for a guest that powers off: the domain is shut off with reason Shutdown.
-    We get that by `virsh shutdown` followed by waiting; when the firmware ignores it, the test is skipped."""
+def _clean_guest_shutdown(name: str) -> None:
+    """A guest without an OS ignores ACPI (`virsh shutdown`), so the clean power-off is made in QEMU itself:
+    `quit` makes QEMU report SHUTDOWN then exit, which libvirt records exactly as a guest shutdown
+    (event SHUTDOWN/Finished, then STOPPED/Shutdown; state shut off, reason shutdown)."""
+    subprocess.run(["virsh", "-c", "qemu:///system", "qemu-monitor-command", f"default_{name}", "--hmp", "quit"],
+                   capture_output=True, timeout=30)
+
+
+@pytest.mark.parametrize(("strategy", "restarted"), [
+    ("Always", True), ("RerunOnFailure", False), ("Manual", False),
+])
+def test_a_clean_guest_shutdown(cluster: Cluster, host: Host, make_operator: Any, node_name: str,
+                                strategy: str, restarted: bool) -> None:
     make_operator(node_name)
-    name, uid, _ = _running_vm(cluster, node_name, "RerunOnFailure")
-    host.virsh("shutdown", f"default_{name}")
-    try:
-        poll(lambda: host.state(uid) == libvirt.VIR_DOMAIN_SHUTOFF, timeout=10, what="ACPI shutdown")
-    except AssertionError:
-        pytest.skip("the firmware of a guest without an OS ignores ACPI shutdown here")
-    status = cluster.wait_phase(name, "Stopped", powerState="Shutoff")
-    assert status.get("restarts", 0) == 0
+    name, uid, _ = _running_vm(cluster, node_name, strategy)
+    _clean_guest_shutdown(name)
+    if restarted:
+        poll(lambda: cluster.status(name).get("restarts") == 1 and cluster.status(name).get("phase") == "Running",
+             timeout=60, what="a restart by policy")
+        assert host.state(uid) == libvirt.VIR_DOMAIN_RUNNING
+    else:
+        status = cluster.wait_phase(name, "Stopped", powerState="Shutoff")
+        assert status.get("restarts", 0) == 0
+        assert (status["lastEvent"]["type"], status["lastEvent"]["detail"]) == ("Stopped", "Shutdown")
+        assert status["reason"] == "Shutdown"
+        assert host.state(uid) == libvirt.VIR_DOMAIN_SHUTOFF
+    poll(lambda: "GuestShutdown" in cluster.event_reasons(name), what="the GuestShutdown Event")

@@ -60,7 +60,8 @@ class HostReconciler:
 
         async def handle(uuid: str, name: str, owner: Owner | None) -> None:
             async with semaphore:
-                if owner is None:
+                if owner is None or owner.node != node:
+                    # Another operator's (another node name on a shared libvirtd) is not ours either.
                     counts["unowned"] += 1
                     return
                 vm = by_uid.get(owner.uid) if owner.uid == uuid else None
@@ -105,7 +106,7 @@ class HostReconciler:
     async def destroy_owned(self, uuid: str, *, undefine: bool) -> bool:
         """Destroy (and undefine) a domain only after proving from its metadata that it is ours."""
         owner = await self.rt.conn.call("domain owner", lambda c: domains.owner_of(c, uuid))
-        if owner is None or owner.uid != uuid:
+        if owner is None or owner.uid != uuid or owner.node != self.rt.settings.node_name:
             logger.warning("domain %s is not owned by this operator: not touching it", uuid)
             return False
         record = self.rt.records.by_uid(uuid)

@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STOP_POLL = 0.5
+# Longest wait for the STOPPED event that follows QEMU's SHUTDOWN notice.
+SHUTDOWN_TO_STOPPED = 10.0
 # Notable libvirt events that also become Kubernetes Events on the VM: (type, detail) -> (type, reason).
 NOTABLE: dict[tuple[str, str], tuple[str, str]] = {
     ("Stopped", "Crashed"): ("Warning", "GuestCrashed"),
@@ -114,6 +116,13 @@ class Reconciler:
             return None
 
         dom = await self.rt.conn.call("domain state", lambda c: domains.state_of(c, rec.uid))
+        if dom is not None and not rec.owner_verified:
+            owner = await self.rt.conn.call("domain owner", lambda c: domains.owner_of(c, rec.uid))
+            if owner is None or owner.uid != rec.uid or owner.node != node:
+                await self._fail(rec, "DomainConflict", f"a libvirt domain with UUID {rec.uid} ({dom.name}) exists "
+                                 "on this node and is not owned by this operator: it is left alone")
+                return None
+            rec.owner_verified = True
 
         # nova's order: an interrupted provisioning wins over a missing domain.
         # Only a provisioning left by an earlier process is "interrupted"; ours is retried (transient errors).
@@ -131,6 +140,11 @@ class Reconciler:
                 await self._provision(rec, spec)
             except (ValueError, StorageError) as exc:  # SpecError is a ValueError
                 await self._fail(rec, "ProvisioningFailed", str(exc))
+                return None
+            except HypervisorUnavailable:
+                raise  # retried after reconnection
+            except HypervisorError as exc:  # libvirt refused the definition: permanent for this spec
+                await self._fail(rec, "ProvisioningFailed", f"libvirt refused the domain: {exc}")
                 return None
             first_start = True
             dom = await self.rt.conn.call("domain state", lambda c: domains.state_of(c, rec.uid))
@@ -341,7 +355,7 @@ class Reconciler:
         dom = await self.rt.conn.call("domain state", lambda c: domains.state_of(c, rec.uid))
         if dom is not None:
             owner = await self.rt.conn.call("domain owner", lambda c: domains.owner_of(c, rec.uid))
-            if owner is None or owner.uid != rec.uid:
+            if owner is None or owner.uid != rec.uid or owner.node != self.rt.settings.node_name:
                 logger.warning("%s/%s: domain %s is not ours: leaving it alone", *rec.key, rec.uid)
             else:
                 if dom.active:
@@ -380,10 +394,12 @@ class Reconciler:
             if etype in ("Shutdown", "Stopped") and self.rt.settings.stopped_event_delay > 0:
                 # A stop episode (QEMU's SHUTDOWN notice, then STOPPED) is held back as one: a STARTED
                 # within the delay makes it a reboot. The STOPPED, when it comes, is what gets reported.
-                if rec.held_stop is None:
-                    rec.hold_until = ev.received + self.rt.settings.stopped_event_delay
-                if rec.held_stop is None or etype == "Stopped":
-                    rec.held_stop = ev
+                delay = self.rt.settings.stopped_event_delay
+                if etype == "Stopped":
+                    rec.held_stop, rec.hold_until = ev, ev.received + delay
+                elif rec.held_stop is None:
+                    # QEMU's SHUTDOWN notice comes a moment before its STOPPED: wait for it.
+                    rec.held_stop, rec.hold_until = ev, ev.received + max(delay, SHUTDOWN_TO_STOPPED)
                 continue
             if etype == "Shutdown" and self._last_type(rec) == "Stopped":
                 continue  # a late shutdown notice after the STOPPED it belongs to

@@ -27,6 +27,7 @@ class VMRecord:
     body: dict[str, Any]
     seen_by_this_process: bool = False  # False until the first reconciliation (the start-up "resume" pass)
     provisioning_here: bool = False  # this process is provisioning it right now
+    owner_verified: bool = False  # the domain with this uid was proven ours (its <metadata>)
     events: list[LifecycleEvent] = field(default_factory=list)
     held_stop: LifecycleEvent | None = None  # a STOPPED event held back (reboot rule)
     hold_until: float = 0.0  # time.monotonic()

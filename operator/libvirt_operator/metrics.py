@@ -5,20 +5,35 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter as PyCounter
+from collections import deque
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Raw event-lag observations kept besides the histogram: exact percentiles for benchmarks, bounded memory.
+EVENT_LAG_SAMPLES = 20000
+
+
+class SampledHistogram:
+    """A Histogram that also keeps its latest raw observations (buckets are too coarse for a p99)."""
+
+    def __init__(self, histogram: Histogram, keep: int) -> None:
+        self.histogram = histogram
+        self.samples: deque[float] = deque(maxlen=keep)
+
+    def observe(self, value: float) -> None:
+        self.histogram.observe(value)
+        self.samples.append(value)
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.event_lag = Histogram("libvirt_operator_event_to_status_seconds",
-                                   "libvirt lifecycle event received to status patched", buckets=LAG_BUCKETS,
-                                   registry=r)
+        self.event_lag = SampledHistogram(Histogram("libvirt_operator_event_to_status_seconds",
+                                                    "libvirt lifecycle event received to status patched",
+                                                    buckets=LAG_BUCKETS, registry=r), EVENT_LAG_SAMPLES)
         self.reconcile = Histogram("libvirt_operator_reconcile_seconds", "reconciliation duration by handler",
                                    ["handler"], buckets=LAG_BUCKETS, registry=r)
         self.api_requests = Counter("libvirt_operator_api_requests_total",

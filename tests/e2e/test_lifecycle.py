@@ -125,3 +125,31 @@ def test_two_operators_for_two_nodes_never_touch_each_others_vms(cluster: Cluste
     vm = cluster.get(orphan)
     assert vm is not None and not vm.get("status") and not vm["metadata"].get("finalizers")
     assert host.domain(vm["metadata"]["uid"]) is None
+
+
+def test_a_hardware_change_redefines_the_domain_and_asks_for_a_restart(cluster: Cluster, host: Host,
+                                                                       make_operator: Any, node_name: str) -> None:
+    make_operator(node_name)
+    name = unique("hw")
+    cluster.apply(vm_manifest(name, node_name, memory="32Mi"))
+    uid = cluster.wait_phase(name, "Running")["domainUUID"]
+
+    def restart_required() -> str | None:
+        for cond in cluster.status(name).get("conditions") or []:
+            if cond["type"] == "RestartRequired":
+                return str(cond["status"])
+        return None
+
+    cluster.patch_spec(name, {"memory": "48Mi"})
+    poll(lambda: restart_required() == "True", what="RestartRequired=True")
+    dom = host.domain(uid)
+    assert dom is not None
+    assert "<memory unit='KiB'>49152</memory>" in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    assert dom.maxMemory() == 32768  # the running guest keeps its hardware until restarted
+
+    cluster.patch_spec(name, {"runStrategy": "Halted"})
+    cluster.wait_phase(name, "Stopped")
+    cluster.patch_spec(name, {"runStrategy": "Always"})
+    cluster.wait_phase(name, "Running")
+    poll(lambda: restart_required() is None, what="RestartRequired to be cleared by the restart")
+    assert host.domain(uid).maxMemory() == 49152  # type: ignore[union-attr]

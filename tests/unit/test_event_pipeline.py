@@ -65,6 +65,13 @@ class OperatorThread:
         assert self.loop is not None
         self.loop.call_soon_threadsafe(fn)
 
+    async def run(self, coro_factory: Callable[[], Any]) -> Any:
+        assert self.loop is not None
+
+        async def wrapper() -> Any:
+            return await coro_factory()
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(wrapper(), self.loop))
+
     async def idle(self) -> None:
         assert self.loop is not None and self.runtime is not None
         future = asyncio.run_coroutine_threadsafe(self.runtime.queue.wait_idle(), self.loop)
@@ -210,3 +217,31 @@ async def test_creation_to_running_costs_at_most_three_writes(env: Env) -> None:
     writes = sum(n for (verb, resource), n in env.api.requests.items()
                  if verb in ("patch", "update") and resource.startswith(PLURAL))
     assert writes <= 3, env.api.requests
+
+
+async def test_the_full_sync_costs_one_listing_and_no_api_request_when_nothing_drifted(env: Env) -> None:
+    uids = [await env.create(f"sync-{i}") for i in range(5)]
+    await until(lambda: all(env.status(f"sync-{i}").get("phase") == "Running" for i in range(5)), what="Running")
+    await env.operator.idle()
+    calls: list[str] = []
+    env.operator.call(lambda: setattr(env.runtime.conn, "on_call", lambda what, ok: calls.append(what)))
+    requests_before = sum(env.api.requests.values())
+    drifted = await env.operator.run(env.runtime.full_sync)
+    assert drifted == 0
+    assert calls == ["list domain states"]
+    assert sum(env.api.requests.values()) == requests_before
+
+    # A change libvirt reported while nobody listened (a missed event) is caught by the next full sync.
+    sinks = list(env.runtime.conn._event_sinks)
+    swallowed: list[Any] = []
+
+    def swallow() -> None:
+        env.runtime.conn._event_sinks[:] = [swallowed.append]
+    env.operator.call(swallow)
+    await env.operator.run(lambda: asyncio.sleep(0))
+    env.libvirt.lookupByUUIDString(uids[2]).suspend()
+    await until(lambda: any(ev.uuid == uids[2] for ev in swallowed), what="the event to be swallowed")
+    env.operator.call(lambda: env.runtime.conn._event_sinks.__setitem__(slice(None), sinks))
+    assert env.status("sync-2")["phase"] == "Running"
+    assert await env.operator.run(env.runtime.full_sync) == 1
+    await until(lambda: env.status("sync-2").get("phase") == "Paused", what="the drift corrected")

@@ -3,7 +3,7 @@
 # Every check runs even if an earlier one failed; the exit code is the first failure's.
 # Extra arguments go to pytest, e.g. `hack/test.sh -x -k lifecycle` or `hack/test.sh tests/unit`.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 bash hack/setup.sh || exit $?
 export PATH="$PWD/.venv/bin:$PATH"  # tests and tools find kubectl/helm here

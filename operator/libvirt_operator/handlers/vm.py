@@ -170,9 +170,20 @@ class Reconciler:
         if rec.stop_deadline is not None:
             return await self._continue_stop(rec, spec, dom)
 
+        stopped = not dom.active
+        delay = self.rt.settings.stopped_event_delay
+        if stopped and believed_running and not first_pass and not first_start and delay > 0:
+            # Seen shut off before its STOPPED event arrived: give the event the same hold as if it had.
+            now = time.monotonic()
+            if rec.observed_stop_at is None:
+                rec.observed_stop_at = now
+            if now < rec.observed_stop_at + delay:
+                return rec.observed_stop_at + delay - now
+        if not stopped:
+            rec.observed_stop_at = None
+
         decision = decide(run_strategy=spec.run_strategy, paused=spec.paused, observed=observed,
                           first_start=first_start, spec_changed=spec_changed, believed_running=believed_running)
-        stopped = not dom.active
         resuming = (first_pass and not first_start and believed_running and stopped
                     and spec.run_strategy != "Halted")
         if resuming:
@@ -221,7 +232,8 @@ class Reconciler:
         return None
 
     async def _start(self, rec: VMRecord, spec: VMSpec, *, restart: bool) -> dict[str, Any]:
-        rec.expect("Started", *(("Suspended",) if spec.paused else ()))
+        # QEMU starts paused and libvirt then reports RESUMED and STARTED; a paused start, SUSPENDED.
+        rec.expect("Started", *(("Suspended",) if spec.paused else ("Resumed",)))
         self.rt.restart_required.pop(rec.uid, None)
         try:
             await self.rt.conn.call("start", lambda c: domains.start(c, rec.uid, paused=spec.paused))

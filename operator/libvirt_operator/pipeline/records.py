@@ -32,6 +32,7 @@ class VMRecord:
     held_stop: LifecycleEvent | None = None  # a STOPPED event held back (reboot rule)
     hold_until: float = 0.0  # time.monotonic()
     expected: dict[str, float] = field(default_factory=dict)  # event type name -> expiry (monotonic)
+    observed_stop_at: float | None = None  # when a stop was first seen in libvirt's state (not by event)
     stop_deadline: float | None = None  # graceful shutdown in progress until then, then destroy
     last_event: dict[str, str] | None = None
     event_latency_start: float | None = None  # monotonic receive time of the oldest unreflected event

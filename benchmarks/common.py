@@ -1,0 +1,183 @@
+"""Helpers shared by the scenarios: statistics, API access over HTTP, process readings, scratch space."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from libvirt_operator.api.constants import GROUP, PLURAL, VERSION
+from tests.e2e.harness import libvirtd_answers
+
+REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+VM_PATH = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
+# Flags of the operator processes: no DEBUG logging (it costs CPU), no periodic full sync mid-run.
+OPERATOR_FLAGS = ("--log-level", "INFO", "--sync-interval", "600")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation between ranks (numpy's default)."""
+    if not values:
+        raise ValueError("no samples: the scenario measured nothing")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def vm_writes(counts: Mapping[tuple[str, str], int]) -> int:
+    """PATCH and PUT (`update`) requests on VirtualMachines, their /status included."""
+    return sum(n for (verb, resource), n in counts.items()
+               if verb in ("patch", "update") and resource.split("/")[0] == PLURAL)
+
+
+def wait_until(predicate: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.05) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def settle(read: Callable[[], T], *, quiet: float, timeout: float) -> T:
+    """Poll ``read`` until its value stays the same for ``quiet`` seconds (the operator has gone idle)."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    since = time.monotonic()
+    while time.monotonic() - since < quiet and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = read()
+        if now != value:
+            value, since = now, time.monotonic()
+    return value
+
+
+def proc_status_kib(pid: int, field: str) -> int:
+    """A `kB` field of /proc/PID/status (VmRSS, VmHWM...)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(f"{field} not in /proc/{pid}/status")
+
+
+def metric_value(text: str, name: str, labels: Mapping[str, str] | None = None) -> float:
+    """One sample of a Prometheus text exposition (summed over the label sets that match)."""
+    total, found = 0.0, False
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
+                total += sample.value
+                found = True
+    if not found:
+        raise KeyError(f"metric {name} {labels or ''} not exposed")
+    return total
+
+
+def phase_counts(url: str) -> Counter[str]:
+    """Blocking: VirtualMachines by status.phase, as the API server has them."""
+    with urllib.request.urlopen(url + VM_PATH, timeout=30) as resp:
+        items = json.loads(resp.read()).get("items") or []
+    return Counter(str((item.get("status") or {}).get("phase", "")) for item in items)
+
+
+async def create_vms(url: str, manifests: Iterable[Mapping[str, Any]], *, concurrency: int = 16) -> list[str]:
+    """POST each VirtualMachine; returns their uids in order."""
+    limit = asyncio.Semaphore(concurrency)
+    async with aiohttp.ClientSession() as session:
+        async def one(body: Mapping[str, Any]) -> str:
+            async with limit:
+                return await post_vm(session, url, body)
+        return list(await asyncio.gather(*(one(m) for m in manifests)))
+
+
+async def post_vm(session: aiohttp.ClientSession, url: str, body: Mapping[str, Any]) -> str:
+    namespace = body["metadata"].get("namespace", "default")
+    async with session.post(f"{url}/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}", json=body) as resp:
+        if resp.status != 201:
+            raise RuntimeError(f"creating {body['metadata']['name']}: HTTP {resp.status}: {await resp.text()}")
+        return str((await resp.json())["metadata"]["uid"])
+
+
+async def list_vms(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    async with session.get(url + VM_PATH) as resp:
+        resp.raise_for_status()
+        result: dict[str, Any] = await resp.json()
+        return result
+
+
+class PhaseWatcher:
+    """Watches VirtualMachines; records when each name is first seen in the wanted phase (time.monotonic)."""
+
+    def __init__(self, url: str, phase: str) -> None:
+        self.url = url
+        self.phase = phase
+        self.seen: dict[str, float] = {}
+        self.failed: dict[str, str] = {}  # name -> status.message of VMs that went Failed instead
+        self._started = asyncio.Event()
+
+    async def run(self, session: aiohttp.ClientSession) -> None:
+        listing = await list_vms(session, self.url)
+        for item in listing.get("items") or []:
+            self._note(item)
+        rv = listing["metadata"]["resourceVersion"]
+        params = {"watch": "true", "resourceVersion": rv, "timeoutSeconds": "3600"}
+        async with session.get(self.url + VM_PATH, params=params,
+                               timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as resp:
+            resp.raise_for_status()
+            self._started.set()
+            async for line in resp.content:
+                if line.strip():
+                    event = json.loads(line)
+                    if event.get("type") in ("ADDED", "MODIFIED"):
+                        self._note(event["object"])
+
+    async def started(self) -> None:
+        await self._started.wait()
+
+    def _note(self, obj: Mapping[str, Any]) -> None:
+        name = str(obj["metadata"]["name"])
+        status = obj.get("status") or {}
+        if name not in self.seen and status.get("phase") == self.phase:
+            self.seen[name] = time.monotonic()
+        elif status.get("phase") == "Failed":
+            self.failed[name] = str(status.get("message", ""))
+
+
+@contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A directory QEMU (user libvirt-qemu) can traverse: under /var/tmp, mode 0755; removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    base.chmod(0o755)
+    for sub in ("disks", "images"):
+        (base / sub).mkdir()
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def ensure_libvirtd() -> None:
+    """qemu:///system must answer; hack/libvirtd.sh starts it (idempotently) when it does not."""
+    if libvirtd_answers():
+        return
+    print("libvirtd does not answer at qemu:///system: running hack/libvirtd.sh", flush=True)
+    subprocess.run(["bash", str(REPO / "hack" / "libvirtd.sh")], check=False)
+    if not libvirtd_answers():
+        raise SystemExit("benchmarks: libvirtd does not answer at qemu:///system (see hack/libvirtd.sh)")

@@ -1,0 +1,104 @@
+"""Creation to Running with real QEMU guests: KubeVirt's density-test shape (VMs created 100 ms apart).
+
+The API emulator and the operator run as processes (tests/e2e/harness.py), libvirt is qemu:///system.
+Latency per VM: from just before its create request is sent to the first watch event showing it Running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from benchmarks.common import (
+    OPERATOR_FLAGS,
+    PhaseWatcher,
+    ensure_libvirtd,
+    metric_value,
+    post_vm,
+    proc_status_kib,
+    scratch_dir,
+    settle,
+    vm_writes,
+)
+from tests.e2e.harness import ApiServer, Host, OperatorProcess, vm_manifest
+
+
+@dataclass
+class CreationResult:
+    latencies_s: list[float]
+    writes_per_vm: float
+    loop_lag_max_s: float
+    domain_type: str
+    operator_rss_mib: float
+
+
+def run(count: int, *, interval: float = 0.1, timeout: float = 300.0) -> CreationResult:
+    ensure_libvirtd()
+    node = f"bench{uuid.uuid4().hex[:6]}"
+    host = Host()
+    with scratch_dir("lvo-bench-create-") as base:
+        api = ApiServer(base)
+        api.start()
+        operator = OperatorProcess(api, node, base / "disks", base / "images", *OPERATOR_FLAGS)
+        try:
+            operator.start()
+            api.reset_counts()
+            manifests = [vm_manifest(f"{node}-{i:03d}", node, memory="32Mi") for i in range(count)]
+            latencies = asyncio.run(_create_paced(api.url, manifests, interval, timeout))
+            # Writes counted at the API server once the operator has stopped writing.
+            writes = settle(lambda: vm_writes(api.requests()), quiet=2.0, timeout=60.0)
+            metrics = operator.metrics()
+            assert operator.proc is not None
+            rss = proc_status_kib(operator.proc.pid, "VmRSS") / 1024
+            owned = host.owned_domains(node)
+            domain_type = ET.fromstring(host.conn.lookupByUUIDString(owned[0][0]).XMLDesc(0)).get("type", "?") \
+                if owned else "?"
+            return CreationResult(latencies, writes / count,
+                                  metric_value(metrics, "libvirt_operator_event_loop_lag_max_seconds"),
+                                  domain_type, rss)
+        finally:
+            operator.stop()
+            host.reconnect()
+            for uuid_, _name in host.owned_domains(node):
+                host.remove(uuid_)
+            host.close()
+            api.stop()
+
+
+async def _create_paced(url: str, manifests: Sequence[Mapping[str, Any]], interval: float,
+                        timeout: float) -> list[float]:
+    names = [str(m["metadata"]["name"]) for m in manifests]
+    created: dict[str, float] = {}
+    async with aiohttp.ClientSession() as session:
+        watcher = PhaseWatcher(url, "Running")
+        watch = asyncio.create_task(watcher.run(session))
+        await asyncio.wait_for(watcher.started(), 30)
+        start = time.monotonic()
+
+        async def create(i: int, body: Mapping[str, Any]) -> None:
+            await asyncio.sleep(max(0.0, start + i * interval - time.monotonic()))
+            created[names[i]] = time.monotonic()
+            await post_vm(session, url, body)
+
+        await asyncio.gather(*(create(i, m) for i, m in enumerate(manifests)))
+        deadline = time.monotonic() + timeout
+        while len(watcher.seen.keys() & set(names)) < len(names):
+            if watch.done():
+                watch.result()  # raises what ended the watch
+                raise RuntimeError("the watch ended early")
+            failed = {n: m for n, m in watcher.failed.items() if n in created}
+            if failed:
+                raise RuntimeError(f"VMs went Failed instead of Running: {failed}")
+            if time.monotonic() > deadline:
+                missing = sorted(set(names) - watcher.seen.keys())
+                raise TimeoutError(f"{len(missing)} VMs not Running after {timeout:.0f}s: {missing[:5]}...")
+            await asyncio.sleep(0.05)
+        watch.cancel()
+    return [watcher.seen[n] - created[n] for n in names]

@@ -1,0 +1,94 @@
+"""A burst of lifecycle events over many VMs: libvirt's raw delivery time and the operator's time to status.
+
+Both are measured in the same run, in the same process, on the same events:
+
+- raw: from just before ``virDomainSuspend``/``virDomainResume`` is called to the moment a plain
+  libvirt-python lifecycle callback (registered on a connection of our own) receives the event;
+- operator: from the moment the operator's own libvirt callback received the event to the moment the
+  status patch reflecting it came back from the API server (the ``event_lag`` histogram's raw samples).
+  When several events of one VM are folded into one patch, the sample is the oldest event's.
+
+So operator / raw compares what the operator adds after delivery with what delivery itself costs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import libvirt
+
+from benchmarks.common import vm_writes, wait_until
+from benchmarks.inprocess import OperatorThread
+from tests.e2e.harness import ApiServer
+
+SUSPENDED, RESUMED = libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_RESUMED
+
+
+@dataclass
+class EventResult:
+    operator_s: list[float] = field(default_factory=list)
+    raw_s: list[float] = field(default_factory=list)
+    events: int = 0
+    writes: int = 0
+    vms: int = 0
+    seconds: float = 0.0  # first API call to the last status patch
+
+
+class RawListener:
+    """A plain libvirt-python lifecycle callback: when each (domain UUID, event type) was first delivered."""
+
+    def __init__(self, conn: libvirt.virConnect) -> None:
+        self.conn = conn
+        self.delivered: dict[tuple[str, int], float] = {}
+        self._id = conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._callback, None)
+
+    def _callback(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, event: int, _detail: int,
+                  _opaque: Any) -> None:
+        now = time.monotonic()
+        self.delivered.setdefault((dom.UUIDString(), event), now)
+
+    def forget(self) -> None:
+        self.delivered.clear()
+
+    def close(self) -> None:
+        self.conn.domainEventDeregisterAny(self._id)
+
+
+def burst(operator: OperatorThread, api: ApiServer, conn: libvirt.virConnect, uids: Sequence[str], *,
+          interval: float = 0.0, timeout: float = 600.0) -> EventResult:
+    """Suspend every VM, wait until all show Paused, then resume every VM and wait for Running.
+
+    ``interval`` 0 is a burst (calls back to back); otherwise the calls are paced that far apart.
+    """
+    doms = [conn.lookupByUUIDString(uid) for uid in uids]
+    listener = RawListener(conn)
+    result = EventResult(vms=len(uids))
+    try:
+        for action, event, phase in (("suspend", SUSPENDED, "Paused"), ("resume", RESUMED, "Running")):
+            operator.wait_idle()
+            operator.on_loop(lambda rt: rt.metrics.event_lag.samples.clear())
+            api.reset_counts()
+            listener.forget()
+            called: dict[str, float] = {}
+            started = time.monotonic()
+            for dom, uid in zip(doms, uids, strict=True):
+                called[uid] = time.monotonic()
+                getattr(dom, action)()
+                if interval:
+                    time.sleep(interval)
+            wait_until(lambda: all((uid, event) in listener.delivered for uid in uids), timeout=timeout,
+                       what=f"libvirt to deliver {len(uids)} {action} events")
+            wait_until(lambda: operator.phases()[phase] == len(uids), timeout=timeout,  # noqa: B023
+                       what=f"{len(uids)} VMs to show {phase}", interval=0.02)
+            result.seconds += time.monotonic() - started
+            operator.wait_idle()
+            result.operator_s += operator.on_loop(lambda rt: list(rt.metrics.event_lag.samples))
+            result.raw_s += [listener.delivered[(uid, event)] - called[uid] for uid in uids]
+            result.events += sum(1 for uid_event in listener.delivered if uid_event[0] in called)
+            result.writes += vm_writes(api.requests())
+    finally:
+        listener.close()
+    return result

@@ -1,0 +1,86 @@
+"""Scale on test:///default, in this process: many VMs, the event burst, then a restart of the operator.
+
+1. the first operator instance creates ``count`` VMs (domains defined and started by the operator itself);
+2. the event burst over all of them (events.py);
+3. the first instance stops; a second one starts in the same process and finds ``count`` owned domains:
+   start-up reconciliation is the time from starting it to ready (every VM reconciled once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+
+from benchmarks.common import create_vms, scratch_dir, vm_writes, wait_until
+from benchmarks.events import EventResult, burst
+from benchmarks.inprocess import OperatorThread, open_test_driver, remove_test_domains, test_settings
+from tests.e2e.harness import ApiServer, vm_manifest
+
+
+@dataclass
+class ScaleResult:
+    vms: int
+    create_to_all_running_s: float
+    writes_per_create: float
+    burst: EventResult
+    paced: EventResult | None
+    startup_s: float  # second instance: thread start to ready
+    startup_runtime_s: float  # the same as the runtime measures it (its start-up sequence only)
+    startup_domains: int
+    startup_writes: int
+    loop_lag_max_s: dict[str, float]
+
+
+def run(count: int, *, paced_interval: float | None = None, timeout: float = 900.0) -> ScaleResult:
+    node = f"bench{uuid.uuid4().hex[:6]}"
+    with scratch_dir("lvo-bench-scale-") as base:
+        api = ApiServer(base)
+        api.start()
+        settings = test_settings(node, api.kubeconfig, base)
+        first = OperatorThread(settings)
+        second: OperatorThread | None = None
+        first.start()
+        conn = open_test_driver()
+        try:
+            wait_until(lambda: first.ready, timeout=60, what="the first operator instance to be ready")
+            api.reset_counts()
+            started = time.monotonic()
+            manifests = [vm_manifest(f"{node}-{i:04d}", node, memory="32Mi") for i in range(count)]
+            uids = asyncio.run(create_vms(api.url, manifests))
+            wait_until(lambda: first.phases()["Running"] == count, timeout=timeout, interval=0.2,
+                       what=f"{count} VMs Running on test:///default")
+            create_s = time.monotonic() - started
+            first.wait_idle()
+            writes_per_create = vm_writes(api.requests()) / count
+
+            burst_result = burst(first, api, conn, uids)
+            paced = burst(first, api, conn, uids, interval=paced_interval) if paced_interval else None
+            lag = {"scale_first_instance": first.loop_lag_max()}
+            first.stop()
+
+            owned = sum(1 for dom in conn.listAllDomains(0) if dom.name() != "test")
+            api.reset_counts()
+            second = OperatorThread(settings)
+            second.start()
+            wait_until(lambda: second is not None and second.ready, timeout=timeout, interval=0.005,
+                       what="the second operator instance to be ready")
+            startup_s = time.monotonic() - second.started_at
+            assert second.runtime is not None and second.runtime.startup_seconds is not None
+            startup_runtime_s = second.runtime.startup_seconds
+            second.wait_idle()
+            startup_writes = vm_writes(api.requests())
+            lag["scale_second_instance"] = second.loop_lag_max()
+            return ScaleResult(count, create_s, writes_per_create, burst_result, paced, startup_s, startup_runtime_s,
+                               owned, startup_writes, lag)
+        finally:
+            for instance in (first, second):
+                if instance is not None:
+                    try:
+                        instance.stop()
+                    except RuntimeError as exc:
+                        print(f"warning: {exc}")
+            remove_test_domains(conn)
+            conn.close()
+            api.stop()

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
@@ -26,6 +25,7 @@ from kubernetes.client.rest import ApiException
 
 from libvirt_operator.api.constants import GROUP, PLURAL, VERSION
 from libvirt_operator.hypervisor.domain_xml import parse_owner
+from tests.conftest import wait_for as poll
 
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR = [sys.executable, "-m", "libvirt_operator"]
@@ -36,22 +36,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def poll(predicate: Any, *, timeout: float = 30.0, interval: float = 0.1, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}"
-                                 + (f" (last error: {last!r})" if last else ""))
-        time.sleep(interval)
 
 
 def libvirtd_answers(uri: str = QEMU_URI) -> bool:

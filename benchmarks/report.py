@@ -1,0 +1,115 @@
+"""Targets, the human summary, and the plot of the latency distributions."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# Every key the JSON must carry (the issue's list); the suite writes more (see docs/benchmarks.md).
+REQUIRED_KEYS = (
+    "creation_to_running_p50_s", "creation_to_running_p95_s", "vms_created",
+    "event_to_status_p50_ms", "event_to_status_p99_ms", "raw_event_p99_ms", "vms_for_events",
+    "api_writes_per_vm_create", "api_writes_per_event",
+    "startup_reconcile_s", "startup_reconcile_domains",
+    "rss_mib", "rss_vms",
+    "loop_lag_max_ms",
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    limit: float
+    label: str
+    size_key: str | None = None  # the size the target is stated for
+    size: int = 0
+
+
+TARGETS = (
+    Target("creation_to_running_p95_s", 2.0, "creation to Running p95 <= 2 s", "vms_created", 100),
+    Target("event_to_status_p99_ms", 50.0, "event to status p99 <= 50 ms", "vms_for_events", 1000),
+    Target("event_to_status_over_raw_p99", 20.0, "event to status p99 <= 20x raw libvirt p99", "vms_for_events",
+           1000),
+    Target("api_writes_per_vm_create", 3.0, "API writes per VM, create to Running <= 3"),
+    Target("api_writes_per_event", 1.0, "API writes per lifecycle event <= 1"),
+    Target("startup_reconcile_s", 10.0, "start-up reconciliation <= 10 s", "startup_reconcile_domains", 1000),
+    Target("rss_mib", 150.0, "operator RSS <= 150 MiB", "rss_vms", 1000),
+    Target("loop_lag_max_ms", 100.0, "asyncio loop never blocked > 100 ms"),
+)
+
+
+def summary(results: Mapping[str, float], machine: str) -> str:
+    lines = [f"libvirt-operator benchmarks on {machine}", ""]
+    for t in TARGETS:
+        value = results[t.key]
+        verdict = "met" if value <= t.limit else "MISSED"
+        note = ""
+        if t.size_key is not None and results[t.size_key] < t.size:
+            note = f"  (measured at {int(results[t.size_key])}, the target is for {t.size})"
+        lines.append(f"  {verdict:<6} {t.label:<46} measured {_fmt(value)}{note}")
+    lines += [
+        "",
+        f"  creation to Running p50 {_fmt(results['creation_to_running_p50_s'])} s over "
+        f"{int(results['vms_created'])} real guests ({'KVM' if results.get('kvm') else 'TCG'})",
+        f"  event to status p50 {_fmt(results['event_to_status_p50_ms'])} ms, raw libvirt p99 "
+        f"{_fmt(results['raw_event_p99_ms'])} ms (burst over {int(results['vms_for_events'])} VMs); paced at "
+        f"{_fmt(results['paced_events_per_s'])}/s: p99 {_fmt(results['paced_event_to_status_p99_ms'])} ms, "
+        f"raw p99 {_fmt(results['paced_raw_event_p99_ms'])} ms",
+        f"  start-up with {int(results['startup_reconcile_domains'])} domains "
+        f"{_fmt(results['startup_reconcile_s'])} s; RSS {_fmt(results['rss_mib'])} MiB with "
+        f"{int(results['rss_vms'])} VMs (empty {_fmt(results['rss_empty_mib'])} MiB)",
+    ]
+    return "\n".join(lines)
+
+
+def _fmt(value: float) -> str:
+    if value == int(value) and abs(value) < 1e6:
+        return str(int(value))
+    return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+
+
+def plot(path: Path, *, creation_s: Sequence[float], burst_operator_ms: Sequence[float],
+         burst_raw_ms: Sequence[float], paced_operator_ms: Sequence[float], paced_raw_ms: Sequence[float],
+         title: str) -> None:
+    """Cumulative distributions: creation to Running; event to status vs raw delivery (burst, paced)."""
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    _cdf(axes[0], {"create request to Running": [v for v in creation_s]}, "seconds", log=False)
+    axes[0].set_title(f"creation to Running ({len(creation_s)} real guests)")
+    _cdf(axes[1], {"operator: event to status patched": burst_operator_ms,
+                   "raw: libvirt call to callback": burst_raw_ms}, "milliseconds", log=True)
+    axes[1].set_title(f"event burst ({len(burst_raw_ms)} events)")
+    _cdf(axes[2], {"operator: event to status patched": paced_operator_ms,
+                   "raw: libvirt call to callback": paced_raw_ms}, "milliseconds", log=True)
+    axes[2].set_title(f"paced events ({len(paced_raw_ms)} events)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _cdf(ax: object, series: Mapping[str, Sequence[float]], unit: str, *, log: bool) -> None:
+    from matplotlib.axes import Axes
+
+    assert isinstance(ax, Axes)
+    for label, values in series.items():
+        ordered = sorted(values)
+        if not ordered:
+            continue
+        n = len(ordered)
+        ax.step(ordered, [(i + 1) / n for i in range(n)], where="post", label=label)
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(unit)
+    ax.set_ylabel("fraction of samples")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.axhline(0.99, color="grey", linewidth=0.6, linestyle="--")
+    ax.axhline(0.95, color="grey", linewidth=0.6, linestyle=":")
+    ax.legend(loc="lower right", fontsize=8)

@@ -1,0 +1,143 @@
+"""`benchmarks/run`: every scenario in turn, then the JSON, the plot and the summary.
+
+1. creation.py: real QEMU guests created 100 ms apart (processes, qemu:///system);
+2. scale.py: many VMs on test:///default in this process: the event burst (events.py), then start-up
+   reconciliation by a second operator instance;
+3. memory.py: the operator as its own process on test:///default with many VMs, idle: its RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import libvirt
+
+from benchmarks import creation, memory, report, scale
+from benchmarks.common import REPO, ensure_libvirtd, percentile
+
+DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "latest.json"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    created: int  # real QEMU guests
+    scale: int  # VMs on test:///default for the event burst and the start-up
+    rss: int  # VMs held by the operator process whose memory is read
+    paced_interval: float = 0.005  # seconds between calls of the paced event run (200 events/s)
+
+
+FULL = Sizes(created=100, scale=1000, rss=1000)
+QUICK = Sizes(created=10, scale=200, rss=200)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks/run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help=f"reduced sizes ({QUICK.created} guests, {QUICK.scale} VMs): about a minute")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
+                        help="JSON results file; the plot goes next to it as .png (default: %(default)s)")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    output: Path = args.output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # The in-process operator logs through the root logger: to a file, not over the summary.
+    logging.basicConfig(filename=output.with_suffix(".log"), filemode="w", level=logging.INFO,
+                        format="%(asctime)s %(levelname)-7s %(threadName)s %(name)s: %(message)s")
+    for noisy in ("kopf", "aiohttp.access", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    ensure_libvirtd()
+    began = time.monotonic()
+    print(f"[1/3] creation: {sizes.created} real QEMU guests, 100 ms apart", flush=True)
+    created = creation.run(sizes.created)
+    print(f"[2/3] scale: {sizes.scale} VMs on test:///default: event burst, paced events, restart", flush=True)
+    scaled = scale.run(sizes.scale, paced_interval=sizes.paced_interval)
+    print(f"[3/3] memory: operator process with {sizes.rss} VMs", flush=True)
+    mem = memory.run(sizes.rss)
+
+    burst, paced = scaled.burst, scaled.paced
+    assert paced is not None
+    lags = {"creation": created.loop_lag_max_s, "memory": mem.loop_lag_max_s, **scaled.loop_lag_max_s}
+    ms = 1000.0
+    results: dict[str, float] = {
+        "creation_to_running_p50_s": percentile(created.latencies_s, 50),
+        "creation_to_running_p95_s": percentile(created.latencies_s, 95),
+        "creation_to_running_max_s": max(created.latencies_s),
+        "vms_created": len(created.latencies_s),
+        "event_to_status_p50_ms": percentile(burst.operator_s, 50) * ms,
+        "event_to_status_p99_ms": percentile(burst.operator_s, 99) * ms,
+        "raw_event_p50_ms": percentile(burst.raw_s, 50) * ms,
+        "raw_event_p99_ms": percentile(burst.raw_s, 99) * ms,
+        "event_to_status_over_raw_p99": percentile(burst.operator_s, 99) / percentile(burst.raw_s, 99),
+        "vms_for_events": burst.vms,
+        "events_in_burst": burst.events,
+        "burst_seconds": burst.seconds,
+        "paced_events_per_s": 1.0 / sizes.paced_interval,
+        "paced_event_to_status_p50_ms": percentile(paced.operator_s, 50) * ms,
+        "paced_event_to_status_p99_ms": percentile(paced.operator_s, 99) * ms,
+        "paced_raw_event_p99_ms": percentile(paced.raw_s, 99) * ms,
+        "api_writes_per_vm_create": created.writes_per_vm,
+        "api_writes_per_vm_create_test_driver": scaled.writes_per_create,
+        "api_writes_per_event": (burst.writes + paced.writes) / (burst.events + paced.events),
+        "startup_reconcile_s": scaled.startup_s,
+        "startup_reconcile_runtime_s": scaled.startup_runtime_s,
+        "startup_reconcile_domains": scaled.startup_domains,
+        "startup_api_writes": scaled.startup_writes,
+        "rss_mib": mem.rss_mib,
+        "rss_vms": mem.vms,
+        "rss_peak_mib": mem.peak_rss_mib,
+        "rss_empty_mib": mem.empty_rss_mib,
+        "operator_rss_mib_after_creation": created.operator_rss_mib,
+        "loop_lag_max_ms": max(lags.values()) * ms,
+        **{f"loop_lag_max_ms_{name}": value * ms for name, value in lags.items()},
+        "cpu_count": os.cpu_count() or 0,
+        "kvm": 1 if created.domain_type == "kvm" else 0,
+        "duration_s": time.monotonic() - began,
+    }
+    missing = [k for k in report.REQUIRED_KEYS if k not in results]
+    assert not missing, missing
+    output.write_text(json.dumps({k: round(v, 6) for k, v in results.items()}, indent=2) + "\n")
+    machine = describe_machine(created.domain_type)
+    report.plot(output.with_suffix(".png"), creation_s=created.latencies_s,
+                burst_operator_ms=[v * ms for v in burst.operator_s], burst_raw_ms=[v * ms for v in burst.raw_s],
+                paced_operator_ms=[v * ms for v in paced.operator_s], paced_raw_ms=[v * ms for v in paced.raw_s],
+                title=f"libvirt-operator{' (quick)' if args.quick else ''}: {machine}")
+    print()
+    print(report.summary(results, machine))
+    print(f"\nwrote {output} and {output.with_suffix('.png')} in {results['duration_s']:.0f} s")
+    return 0
+
+
+def describe_machine(domain_type: str) -> str:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    version = libvirt.getVersion()
+    libvirt_version = f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000}"
+    try:
+        qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True,
+                              timeout=10).stdout.split("\n")[0].replace("QEMU emulator version ", "")
+    except OSError:
+        qemu = "?"
+    accel = "KVM" if domain_type == "kvm" else "TCG" if domain_type == "qemu" else domain_type
+    return (f"{os.cpu_count()} cores {model or platform.machine()}, {accel}, libvirt {libvirt_version}, "
+            f"QEMU {qemu.split(' ')[0]}, Python {platform.python_version()}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -52,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(__name__).warning("no --node-name or NODE_NAME: using %r", settings.node_name)
         from libvirt_operator.operator_main import run_operator
 
-        asyncio.run(run_operator(settings))
-        return 0
+        return asyncio.run(run_operator(settings))
     if args.command == "dev":
         if args.kubeconfig is None and not os.environ.get("KUBECONFIG"):
             raise SystemExit("dev: --kubeconfig FILE is required (the kubeconfig is written there)")

@@ -16,7 +16,7 @@ import os
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import libvirt
@@ -91,6 +91,9 @@ class Runtime:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[Any]] = []
         self.startup_seconds: float | None = None
+        self.lease: Any = None
+        self.lease_lost = False
+        self.on_fatal: Callable[[], None] | None = None  # asks the process to stop (set by operator_main)
 
     # --- readiness -----------------------------------------------------------------------------------
 
@@ -113,8 +116,10 @@ class Runtime:
     # --- start-up and shutdown -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        started = time.monotonic()
         s = self.settings
+        if s.lease:
+            await self._acquire_lease()
+        started = time.monotonic()
         self.conn.add_state_listener(self._on_connection_state)
         self.conn.add_event_sink(self._on_libvirt_event)
         self.node.start()
@@ -154,6 +159,29 @@ class Runtime:
         logger.info("start-up reconciliation done: %d VMs on %s in %.2fs; ready", len(mine), s.node_name,
                     self.startup_seconds)
 
+    async def _acquire_lease(self) -> None:
+        """One active operator per node: a second process (rolling update overlap, misconfiguration) waits."""
+        from libvirt_operator.kube.lease import LeaseConfig, NodeLease
+
+        duration = self.settings.lease_duration
+        config = LeaseConfig.for_node(self.settings.node_name, duration=duration, renew_every=duration / 3,
+                                      retry_every=min(2.0, duration / 4))
+        self.lease = NodeLease(self.kube.api_client, config)
+        self._ready_reason = f"waiting for the node lease {config.namespace}/{config.name}"
+        await self.lease.acquire()
+        logger.info("holding the node lease %s/%s as %s", config.namespace, config.name, config.identity)
+        self._loops.append(asyncio.create_task(self.lease.hold(on_lost=self._lease_lost), name="node-lease"))
+
+    def _lease_lost(self) -> None:
+        logger.critical("lost the node lease: another operator process may act for node %s; stopping",
+                        self.settings.node_name)
+        self.lease_lost = True
+        self._startup_done = False
+        self._ready_reason = "lost the node lease"
+        self.spawn(self.queue.stop())  # stop acting at once; the process then exits non-zero
+        if self.on_fatal is not None:
+            self.on_fatal()
+
     async def _wait_first_pass(self) -> None:
         if self._pending_first:
             await self._first_pass_event.wait()
@@ -177,6 +205,8 @@ class Runtime:
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        if self.lease is not None and not self.lease_lost:
+            await self.lease.release()  # a successor takes over at once
         await self.node.stop()
         for task in list(self._tasks):
             task.cancel()

@@ -52,6 +52,8 @@ class Settings:
     reconnect_max_backoff: float = 30.0
     keepalive_interval: int = 5
     keepalive_count: int = 3
+    lease: bool = True
+    lease_duration: float = 15.0
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -85,6 +87,10 @@ _OPTIONS: list[tuple[str, str, str, str, str]] = [
     ("--metrics-port", "METRICS_PORT", "metrics_port", "int", "port of the Prometheus /metrics endpoint (0: off)"),
     ("--reconnect-max-backoff", "RECONNECT_MAX_BACKOFF", "reconnect_max_backoff", "float",
      "upper bound of the libvirt reconnection backoff, seconds"),
+    ("--lease", "LEASE", "lease", "bool",
+     "hold a per-node Lease so that only one operator process acts for a node (the others wait)"),
+    ("--lease-duration", "LEASE_DURATION", "lease_duration", "float",
+     "seconds after which a lease not renewed may be taken over"),
     ("--log-level", "LOG_LEVEL", "log_level", "str", "DEBUG, INFO, WARNING or ERROR"),
 ]
 
@@ -157,6 +163,8 @@ def validate(settings: Settings) -> None:
         raise SystemExit(f"--domain-type must be auto, kvm or qemu, not {settings.domain_type!r}")
     if settings.shared_storage not in ("auto", "true", "false"):
         raise SystemExit(f"--shared-storage must be auto, true or false, not {settings.shared_storage!r}")
+    if settings.lease_duration < 2:
+        raise SystemExit("--lease-duration must be at least 2 seconds")
     for name in ("sync_interval", "shutdown_timeout", "stopped_event_delay", "reconnect_max_backoff"):
         if getattr(settings, name) < 0:
             raise SystemExit(f"{name.replace('_', '-')} must not be negative")

@@ -117,7 +117,7 @@ class OperatorProcess:
         self.libvirt_uri = libvirt_uri
         self.health_port = free_port()
         self.metrics_port = free_port()
-        self.log = api.workdir / f"operator-{node}.log"
+        self.log = api.workdir / f"operator-{node}-{uuid.uuid4().hex[:4]}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *, wait_ready: bool = True) -> OperatorProcess:

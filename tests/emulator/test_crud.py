@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import kubernetes
 import pytest
@@ -23,8 +24,8 @@ def core(api: kubernetes.client.ApiClient) -> kubernetes.client.CoreV1Api:
 
 
 def create(custom: kubernetes.client.CustomObjectsApi, name: str, namespace: str = "default",
-           **spec: object) -> dict[str, object]:
-    result: dict[str, object] = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+           **spec: object) -> dict[str, Any]:
+    result: dict[str, Any] = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
                                                                        gadget(name, namespace, **spec))
     return result
 
@@ -272,7 +273,7 @@ def test_delete_options_body_and_query_parameters_are_accepted(emu: EmulatorThre
     create(custom, "a")
     create(custom, "b")
     base = f"{emu.url}/apis/{GROUP}/{VERSION}/namespaces/default/{PLURAL}"
-    body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background",
+    body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background",
             "gracePeriodSeconds": 0}
     assert requests.delete(f"{base}/a", json=body, timeout=10).status_code == 200
     assert requests.delete(f"{base}/b?gracePeriodSeconds=0&propagationPolicy=Orphan", timeout=10).status_code == 200
@@ -345,3 +346,13 @@ def test_events_created_then_listed_by_involved_object(core: kubernetes.client.C
     assert [e.message for e in found.items] == ["about a"]
     v1 = kubernetes.client.EventsV1Api(api).list_namespaced_event("default", field_selector="regarding.name=b")
     assert [e.note for e in v1.items] == ["about b"]
+
+
+def test_delete_collection_by_label(custom: kubernetes.client.CustomObjectsApi) -> None:
+    for name, tier in (("a", "web"), ("b", "web"), ("c", "db")):
+        body = gadget(name)
+        body["metadata"]["labels"] = {"tier": tier}
+        custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, body)
+    custom.delete_collection_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, label_selector="tier=web")
+    left = custom.list_namespaced_custom_object(GROUP, VERSION, "default", PLURAL)["items"]
+    assert [o["metadata"]["name"] for o in left] == ["c"]

@@ -118,3 +118,21 @@ def test_deleting_the_crd_deletes_its_objects_and_stops_serving_it(
         custom.list_namespaced_custom_object(GROUP, VERSION, "default", PLURAL)
     assert caught.value.status == 404
     assert emu.call(emu.emulator.objects, GROUP, VERSION, PLURAL) == []
+
+
+def test_crd_deletion_waits_for_the_finalizers_of_its_objects(
+        emu: EmulatorThread, custom: kubernetes.client.CustomObjectsApi, api: kubernetes.client.ApiClient) -> None:
+    body = gadget("held")
+    body["metadata"]["finalizers"] = ["example.com/hold"]
+    custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, body)
+    crds = kubernetes.client.ApiextensionsV1Api(api)
+    crd_name = yaml.safe_load(FIXTURE_CRD.read_text())["metadata"]["name"]
+    crds.delete_custom_resource_definition(crd_name)
+    terminating = crds.read_custom_resource_definition(crd_name)
+    assert terminating.metadata.deletion_timestamp is not None
+    assert "Terminating" in [c.type for c in terminating.status.conditions]
+    assert _get(custom, "held")["metadata"]["deletionTimestamp"]
+    custom.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "held", {"metadata": {"finalizers": None}})
+    with pytest.raises(ApiException) as caught:
+        crds.read_custom_resource_definition(crd_name)
+    assert caught.value.status == 404

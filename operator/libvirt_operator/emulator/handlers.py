@@ -17,7 +17,7 @@ import yaml
 from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
-from libvirt_operator.emulator import errors, patches, selectors, table
+from libvirt_operator.emulator import errors, patches, protobuf, selectors, table
 from libvirt_operator.emulator.objects import DeleteOptions, Objects, WriteOptions
 from libvirt_operator.emulator.resources import Registry, Resource
 from libvirt_operator.emulator.schema import Cause
@@ -26,6 +26,7 @@ from libvirt_operator.emulator.watch import WatchRequest, WatchStream
 JSON = dict[str, Any]
 NAMESPACE_SUBRESOURCES = ("status", "finalize")
 TRUE = ("true", "1")
+PROTOBUF = "application/vnd.kubernetes.protobuf"
 EVENT_FIELDS = ("involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
                 "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath",
                 "reason", "reportingComponent", "type")
@@ -127,6 +128,8 @@ async def read_body(request: web.Request) -> tuple[str, Any]:
     raw = await request.read()
     if not raw.strip():
         raise errors.bad_request("the body of the request was empty")
+    if content_type == PROTOBUF and request.method in ("POST", "PUT"):
+        return content_type, protobuf.decode(raw)
     if "protobuf" in content_type:
         raise errors.unsupported_media_type(content_type, ["application/json", "application/yaml"])
     try:

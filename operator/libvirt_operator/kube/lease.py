@@ -168,7 +168,10 @@ class NodeLease:
             delay = cfg.renew_every
 
     async def release(self) -> None:
-        """Hand the lease over at once (clean shutdown): only if it is still ours; never raises API errors."""
+        """Hand the lease over at once (clean shutdown): only if it is still ours; never raises API errors.
+
+        Cancel the ``hold()`` task first, or it would see the released lease and call ``on_lost()``.
+        """
         cfg = self.config
         if not self.acquired:
             return

@@ -77,9 +77,14 @@ async def run_dev(settings: Settings, *, kubeconfig: Path, api_only: bool, port:
 
     async with KubeEmulator(port=port, crd_paths=[CRD_PATH]) as emulator:
         if not api_only:
-            await asyncio.to_thread(emulator.write_kubeconfig, kubeconfig)
-            await asyncio.to_thread(register_node, kubeconfig, settings.node_name)
-        emulator.write_kubeconfig(kubeconfig)
+            # Bootstrap through a private kubeconfig: FILE appears only once the Node is there too.
+            bootstrap = kubeconfig.with_name(f".{kubeconfig.name}.bootstrap")
+            await asyncio.to_thread(emulator.write_kubeconfig, bootstrap)
+            try:
+                await asyncio.to_thread(register_node, bootstrap, settings.node_name)
+            finally:
+                bootstrap.unlink(missing_ok=True)
+        await asyncio.to_thread(emulator.write_kubeconfig, kubeconfig)
         logger.info("Kubernetes API emulator at %s; kubeconfig written to %s", emulator.url, kubeconfig)
         if api_only:
             await _wait_for_signal()

@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
+from tests.e2e.harness import libvirtd_answers
 
 from libvirt_operator.api.constants import GROUP, PLURAL, VERSION
-from tests.e2e.harness import libvirtd_answers
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -88,6 +88,21 @@ def metric_value(text: str, name: str, labels: Mapping[str, str] | None = None) 
     if not found:
         raise KeyError(f"metric {name} {labels or ''} not exposed")
     return total
+
+
+def register_node(url: str, name: str) -> None:
+    """Blocking: the Node a kubelet would have registered, with a complete nodeInfo (clients validate it)."""
+    info = {"architecture": "amd64", "bootID": "bench", "containerRuntimeVersion": "none", "kernelVersion": "bench",
+            "kubeProxyVersion": "", "kubeletVersion": "bench", "machineID": "bench", "operatingSystem": "linux",
+            "osImage": "bench", "systemUUID": "bench"}
+    body = {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+            "status": {"nodeInfo": info,
+                       "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]}}
+    request = urllib.request.Request(url + "/api/v1/nodes", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30):
+        pass
 
 
 def phase_counts(url: str) -> Counter[str]:

@@ -2,11 +2,17 @@
 
 The API emulator and the operator run as processes (tests/e2e/harness.py), libvirt is qemu:///system.
 Latency per VM: from just before its create request is sent to the first watch event showing it Running.
+
+The physical limit is measured the same way right after: the same domain XML (taken from a domain the
+operator defined), defined and started directly through libvirt-python with the same pacing and the
+same concurrency as the operator's libvirt calls. Latency per domain: from just before ``defineXML`` to
+``create`` returning (the domain runs).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -15,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import libvirt
+from tests.e2e.harness import ApiServer, Host, OperatorProcess, vm_manifest
 
 from benchmarks.common import (
     OPERATOR_FLAGS,
@@ -23,16 +31,19 @@ from benchmarks.common import (
     metric_value,
     post_vm,
     proc_status_kib,
+    register_node,
     scratch_dir,
     settle,
     vm_writes,
 )
-from tests.e2e.harness import ApiServer, Host, OperatorProcess, vm_manifest
+
+LIBVIRT_WORKERS = 16  # the operator's default --workers, which also sizes its libvirt call pool
 
 
 @dataclass
 class CreationResult:
     latencies_s: list[float]
+    raw_latencies_s: list[float]
     writes_per_vm: float
     loop_lag_max_s: float
     domain_type: str
@@ -43,37 +54,75 @@ def run(count: int, *, interval: float = 0.1, timeout: float = 300.0) -> Creatio
     ensure_libvirtd()
     node = f"bench{uuid.uuid4().hex[:6]}"
     host = Host()
-    with scratch_dir("lvo-bench-create-") as base:
-        api = ApiServer(base)
-        api.start()
-        operator = OperatorProcess(api, node, base / "disks", base / "images", *OPERATOR_FLAGS)
-        try:
-            operator.start()
-            api.reset_counts()
-            manifests = [vm_manifest(f"{node}-{i:03d}", node, memory="32Mi") for i in range(count)]
-            latencies = asyncio.run(_create_paced(api.url, manifests, interval, timeout))
-            # Writes counted at the API server once the operator has stopped writing.
-            writes = settle(lambda: vm_writes(api.requests()), quiet=2.0, timeout=60.0)
-            metrics = operator.metrics()
-            assert operator.proc is not None
-            rss = proc_status_kib(operator.proc.pid, "VmRSS") / 1024
-            owned = host.owned_domains(node)
-            domain_type = ET.fromstring(host.conn.lookupByUUIDString(owned[0][0]).XMLDesc(0)).get("type", "?") \
-                if owned else "?"
-            return CreationResult(latencies, writes / count,
-                                  metric_value(metrics, "libvirt_operator_event_loop_lag_max_seconds"),
-                                  domain_type, rss)
-        finally:
-            operator.stop()
-            host.reconnect()
-            for uuid_, _name in host.owned_domains(node):
-                host.remove(uuid_)
-            host.close()
-            api.stop()
+    try:
+        with scratch_dir("lvo-bench-create-") as base:
+            api = ApiServer(base)
+            api.start()
+            register_node(api.url, node)
+            operator = OperatorProcess(api, node, base / "disks", base / "images", *OPERATOR_FLAGS)
+            try:
+                operator.start()
+                api.reset_counts()
+                manifests = [vm_manifest(f"{node}-{i:03d}", node, memory="32Mi") for i in range(count)]
+                latencies = asyncio.run(_create_paced(api.url, manifests, interval, timeout))
+                # Writes counted at the API server once the operator has stopped writing.
+                writes = settle(lambda: vm_writes(api.requests()), quiet=2.0, timeout=60.0)
+                lag = metric_value(operator.metrics(), "libvirt_operator_event_loop_lag_max_seconds")
+                assert operator.proc is not None
+                rss = proc_status_kib(operator.proc.pid, "VmRSS") / 1024
+                owned = host.owned_domains(node)
+                template = host.conn.lookupByUUIDString(owned[0][0]).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            finally:
+                operator.stop()
+                _remove_owned(host, node)
+                api.stop()
+        raw = _raw_baseline(host, template, node, count, interval)
+    finally:
+        host.close()
+    domain_type = ET.fromstring(template).get("type", "?")
+    return CreationResult(latencies, raw, writes / count, lag, domain_type, rss)
+
+
+def _remove_owned(host: Host, node: str) -> None:
+    host.reconnect()
+    for uuid_, _name in host.owned_domains(node):
+        host.remove(uuid_)
+
+
+def _raw_baseline(host: Host, template: str, node: str, count: int, interval: float) -> list[float]:
+    """The same domains through libvirt alone: define + start, paced like the creates, then removed."""
+    def xml_for(i: int) -> str:
+        root = ET.fromstring(template)
+        for tag in ("uuid", "metadata"):  # a fresh UUID from libvirt; no owner: the operator never sees it
+            for el in root.findall(tag):
+                root.remove(el)
+        name = root.find("name")
+        assert name is not None
+        name.text = f"default_{node}-raw-{i:03d}"
+        return ET.tostring(root, encoding="unicode")
+
+    documents = [xml_for(i) for i in range(count)]
+    uuids: list[str] = []
+    start = time.monotonic() + 0.1
+
+    def one(i: int) -> float:
+        time.sleep(max(0.0, start + i * interval - time.monotonic()))
+        began = time.monotonic()
+        dom = host.conn.defineXML(documents[i])
+        uuids.append(dom.UUIDString())
+        dom.create()
+        return time.monotonic() - began
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(LIBVIRT_WORKERS) as pool:
+            return list(pool.map(one, range(count)))
+    finally:
+        for uuid_ in uuids:
+            host.remove(uuid_)
 
 
 async def _create_paced(url: str, manifests: Sequence[Mapping[str, Any]], interval: float,
-                        timeout: float) -> list[float]:
+                        limit: float) -> list[float]:
     names = [str(m["metadata"]["name"]) for m in manifests]
     created: dict[str, float] = {}
     async with aiohttp.ClientSession() as session:
@@ -88,7 +137,7 @@ async def _create_paced(url: str, manifests: Sequence[Mapping[str, Any]], interv
             await post_vm(session, url, body)
 
         await asyncio.gather(*(create(i, m) for i, m in enumerate(manifests)))
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + limit
         while len(watcher.seen.keys() & set(names)) < len(names):
             if watch.done():
                 watch.result()  # raises what ended the watch
@@ -98,7 +147,7 @@ async def _create_paced(url: str, manifests: Sequence[Mapping[str, Any]], interv
                 raise RuntimeError(f"VMs went Failed instead of Running: {failed}")
             if time.monotonic() > deadline:
                 missing = sorted(set(names) - watcher.seen.keys())
-                raise TimeoutError(f"{len(missing)} VMs not Running after {timeout:.0f}s: {missing[:5]}...")
+                raise TimeoutError(f"{len(missing)} VMs not Running after {limit:.0f}s: {missing[:5]}...")
             await asyncio.sleep(0.05)
         watch.cancel()
     return [watcher.seen[n] - created[n] for n in names]

@@ -12,19 +12,20 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from tests.e2e.harness import ApiServer, OperatorProcess, vm_manifest
+
 from benchmarks.common import (
     OPERATOR_FLAGS,
     create_vms,
     metric_value,
     phase_counts,
     proc_status_kib,
+    register_node,
     scratch_dir,
     settle,
     vm_writes,
     wait_until,
 )
-from libvirt_operator.local import register_node
-from tests.e2e.harness import ApiServer, OperatorProcess, vm_manifest
 
 
 @dataclass
@@ -43,7 +44,7 @@ def run(count: int, *, timeout: float = 900.0) -> MemoryResult:
     with scratch_dir("lvo-bench-rss-") as base:
         api = ApiServer(base)
         api.start()
-        register_node(api.kubeconfig, node)
+        register_node(api.url, node)
         operator = OperatorProcess(api, node, base / "disks", base / "images", *OPERATOR_FLAGS,
                                    libvirt_uri="test:///default")
         try:

@@ -13,10 +13,11 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from benchmarks.common import create_vms, scratch_dir, vm_writes, wait_until
+from tests.e2e.harness import ApiServer, vm_manifest
+
+from benchmarks.common import create_vms, register_node, scratch_dir, vm_writes, wait_until
 from benchmarks.events import EventResult, burst
 from benchmarks.inprocess import OperatorThread, open_test_driver, remove_test_domains, test_settings
-from tests.e2e.harness import ApiServer, vm_manifest
 
 
 @dataclass
@@ -38,6 +39,7 @@ def run(count: int, *, paced_interval: float | None = None, timeout: float = 900
     with scratch_dir("lvo-bench-scale-") as base:
         api = ApiServer(base)
         api.start()
+        register_node(api.url, node)
         settings = test_settings(node, api.kubeconfig, base)
         first = OperatorThread(settings)
         second: OperatorThread | None = None

@@ -27,12 +27,12 @@ import pytest
 
 from libvirt_operator.api.constants import CRD_PATH, FINALIZER, GROUP, PLURAL, RETRY_ANNOTATION, VERSION
 from libvirt_operator.emulator import KubeEmulator
+from tests.conftest import wait_for as poll
 from tests.e2e.harness import (
     Cluster,
     Host,
     OperatorProcess,
     libvirtd_answers,
-    poll,
     unique,
     vm_manifest,
 )
@@ -98,9 +98,21 @@ def _delete_all(cluster: Cluster, names: list[str]) -> None:
     cluster.kubectl("delete", "lvm", *names, "--wait=false")
 
 
+def _gone(cluster: Cluster, name: str) -> Callable[[], bool]:
+    return lambda: cluster.get(name) is None
+
+
+def _settled(cluster: Cluster, name: str, *phases: str) -> Callable[[], dict[str, Any] | None]:
+    """A poll predicate: the status once its phase is one of `phases`."""
+    def check() -> dict[str, Any] | None:
+        status = cluster.status(name)
+        return status if status.get("phase") in phases else None
+    return check
+
+
 def _assert_all_gone(cluster: Cluster, host: Host, storage: Path, names: list[str], uids: list[str]) -> None:
     for name in names:
-        poll(lambda n=name: cluster.get(n) is None, timeout=90, what=f"{n} deleted (no stuck finalizer)")
+        poll(_gone(cluster, name), timeout=90, what=f"{name} deleted (no stuck finalizer)")
     for uid in uids:
         assert host.domain(uid) is None, f"leaked domain {uid}"
         assert not (storage / uid).exists(), f"leaked disk directory {uid}"
@@ -109,14 +121,28 @@ def _assert_all_gone(cluster: Cluster, host: Host, storage: Path, names: list[st
 # --- libvirtd killed ---------------------------------------------------------------------------------------
 
 
-def _libvirtd_running() -> bool:
-    return subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True).returncode == 0
+def _live_libvirtd_pids() -> list[int]:
+    """libvirtd processes that still run (a killed one lingers as a zombie until init reaps it)."""
+    pids = []
+    for pid in subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True, text=True).stdout.split():
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            pids.append(int(pid))
+    return pids
 
 
 def _ensure_libvirtd() -> None:
-    if not _libvirtd_running():
-        subprocess.run(["libvirtd", "-d"], check=True, timeout=60)
-    poll(libvirtd_answers, timeout=60, what="libvirtd to answer again")
+    """Start libvirtd again unless it answers; keeps trying until it does (other tests share it)."""
+    def up() -> bool:
+        if libvirtd_answers():
+            return True
+        if not _live_libvirtd_pids():
+            subprocess.run(["libvirtd", "-d"], capture_output=True, timeout=60)
+        return False
+    poll(up, timeout=120, interval=0.2, what="libvirtd to answer again")
 
 
 @contextmanager
@@ -124,9 +150,8 @@ def _libvirtd_outage(operator: OperatorProcess) -> Iterator[Callable[[], None]]:
     """Yields `kill`: SIGKILL libvirtd and wait until the operator has noticed. libvirtd is always
     started again on the way out, as fast as possible (other tests may share it)."""
     def kill() -> None:
-        pids = subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True, text=True).stdout.split()
-        for pid in pids:
-            os.kill(int(pid), signal.SIGKILL)
+        for pid in _live_libvirtd_pids():
+            os.kill(pid, signal.SIGKILL)
         poll(lambda: _metric(operator, "libvirt_operator_libvirt_connected") == 0, timeout=30, interval=0.05,
              what="the operator to notice libvirtd is gone")
     try:
@@ -479,8 +504,9 @@ def test_operator_sigkilled_at_random_points_of_create_delete_cycles_loses_and_l
         if point is not None:
             killer.kill_when(cluster, rng.choice(names), CREATE_POINTS[point])
         for name in names:
-            status = poll(lambda n=name: (s := cluster.status(n)).get("phase") in ("Running", "Failed") and s,
-                          timeout=90, what=f"{name} to settle (cycle {cycle}, killed at {point})")
+            status = poll(_settled(cluster, name, "Running", "Failed"), timeout=90,
+                          what=f"{name} to settle (cycle {cycle}, killed at {point})")
+            assert status is not None
             if status["phase"] == "Failed":
                 # nova's rule: a spawn cut short by a crash ends Failed, cleaned up; a retry recovers it.
                 assert status["reason"] == "ProvisioningInterrupted", status

@@ -14,6 +14,7 @@ import os
 import stat
 import subprocess
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ import pytest
 from kubernetes.client.rest import ApiException
 
 from libvirt_operator.api.constants import GROUP, PLURAL, VERSION
-from tests.e2e.harness import Cluster, Host, OperatorProcess, poll, unique, vm_manifest
+from tests.conftest import wait_for as poll
+from tests.e2e.harness import Cluster, Host, OperatorProcess, unique, vm_manifest
 
 NIC = {"name": "nic0", "bridge": "br0"}
 
@@ -264,22 +266,48 @@ def test_specs_only_the_node_can_judge_end_failed_naming_the_field_and_leave_not
     assert sorted(p.name for p in (storage / uid).iterdir()) == ["a.qcow2", "b.qcow2"]
 
 
-def test_memory_beyond_the_hosts_physical_memory_ends_failed_naming_the_field(
-        cluster: Cluster, host: Host, make_operator: Any, node_name: str) -> None:
-    """Below the configured maximum (256Gi by default) but more than this host has: QEMU cannot start it."""
-    host_mib = host.conn.getInfo()[1]
-    wanted_gib = min(host_mib * 4 // 1024 + 1, 255)
-    if wanted_gib * 1024 <= host_mib:
-        pytest.skip("this host has more memory than the default maximum")
-    make_operator(node_name)
+def _settled(cluster: Cluster, name: str) -> Callable[[], dict[str, Any] | None]:
+    def check() -> dict[str, Any] | None:
+        status = cluster.status(name)
+        return status if status.get("phase") in ("Failed", "Running") else None
+    return check
+
+
+@pytest.mark.xfail(strict=True, reason="the operator checks only its configured maxima, not the host's "
+                                       "memory and CPUs (see docs/hardening.md, operator bugs)")
+@pytest.mark.parametrize("resource", ["memory", "cores"])
+def test_a_vm_larger_than_the_host_ends_failed_naming_the_field(cluster: Cluster, host: Host, make_operator: Any,
+                                                                node_name: str, resource: str) -> None:
+    """Within the configured maxima (256Gi, 64 vCPUs by default) but more than this host has."""
+    _model, host_mib, host_cpus, *_ = host.conn.getInfo()
+    if resource == "memory":
+        wanted_gib = host_mib * 2 // 1024 + 1
+        if wanted_gib * 1024 > 262144:
+            pytest.skip("this host has as much memory as the default maximum")
+        spec: dict[str, Any] = {"memory": f"{wanted_gib}Gi"}
+        field = "spec.memory"
+    else:
+        if host_cpus * 2 > 64:
+            pytest.skip("this host has as many CPUs as the default maximum")
+        spec = {"cpu": {"cores": host_cpus * 2}}
+        field = "spec.cpu.cores"
+    operator = make_operator(node_name)
     name = unique("huge")
-    cluster.apply(vm_manifest(name, node_name, memory=f"{wanted_gib}Gi"))
-    status = poll(lambda: (s := cluster.status(name)).get("phase") in ("Failed", "Running") and s, timeout=60,
-                  what=f"{name} to settle")
-    assert status["phase"] == "Failed", f"should end Failed naming spec.memory, got {status}"
-    assert "spec.memory" in status["message"]
+    cluster.apply(vm_manifest(name, node_name, **spec))
+    try:
+        status = poll(_settled(cluster, name), timeout=60, what=f"{name} to settle")
+        assert status is not None
+        assert status["phase"] == "Failed", f"should end Failed naming {field}, got {status}"
+        assert field in status["message"]
+        assert host.owned_domains(node_name) == []
+    finally:
+        operator.stop()  # the guest, if it got one, is not left running with more than the host has
+        for uid, _name in host.owned_domains(node_name):
+            host.remove(uid)
 
 
+@pytest.mark.xfail(strict=True, reason="a refused change is written as Failed, then overwritten by the power "
+                                       "pass as Running (see docs/hardening.md, operator bugs)")
 def test_a_hostile_change_to_a_running_vm_is_refused_naming_the_field_and_the_guest_keeps_running(
         cluster: Cluster, host: Host, make_operator: Any, node_name: str, dirs: tuple[Path, Path]) -> None:
     storage, images = dirs

@@ -68,7 +68,8 @@ def build_registry(kubeconfig: str | None) -> kopf.OperatorRegistry:
         await runtime.start()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    def vm_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    async def vm_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        # async on purpose: kopf runs sync handlers in a thread pool; the cache and queue are loop-only.
         runtime: Runtime = memo["runtime"]
         runtime.observe(type, _plain(body))
 

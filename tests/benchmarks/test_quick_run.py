@@ -1,0 +1,47 @@
+"""`benchmarks/run --quick` runs end to end and writes every key as a number; no timing is asserted here."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.e2e.harness import libvirtd_answers
+
+pytestmark = pytest.mark.e2e  # real libvirtd and QEMU guests, like tests/e2e
+
+KEYS = (
+    "creation_to_running_p50_s", "creation_to_running_p95_s", "vms_created",
+    "event_to_status_p50_ms", "event_to_status_p99_ms", "raw_event_p99_ms", "vms_for_events",
+    "api_writes_per_vm_create", "api_writes_per_event",
+    "startup_reconcile_s", "startup_reconcile_domains",
+    "rss_mib", "rss_vms",
+    "loop_lag_max_ms",
+)
+
+
+@pytest.mark.timeout(900)
+def test_a_quick_run_writes_every_key_as_a_number_and_a_plot(tmp_path: Path) -> None:
+    if not libvirtd_answers():
+        if os.environ.get("CI"):
+            pytest.fail("libvirtd does not answer at qemu:///system; hack/setup.sh starts it")
+        pytest.skip("libvirtd does not answer at qemu:///system (run hack/setup.sh)")
+    output = tmp_path / "quick.json"
+    run = subprocess.run([str(REPO / "benchmarks" / "run"), "--quick", "--output", str(output)],
+                         capture_output=True, text=True, timeout=850)
+    assert run.returncode == 0, f"benchmarks/run failed:\n{run.stdout}\n{run.stderr[-4000:]}"
+
+    results = json.loads(output.read_text())
+    not_numbers = {k: results.get(k) for k in KEYS
+                   if isinstance(results.get(k), bool) or not isinstance(results.get(k), int | float)
+                   or not math.isfinite(results[k])}
+    assert not not_numbers, f"keys missing or not numbers: {not_numbers}"
+    assert all(isinstance(v, int | float) for v in results.values()), "the JSON holds numbers only"
+    assert results["vms_created"] > 0 and results["vms_for_events"] > 0 and results["rss_vms"] > 0
+    assert output.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "event to status p99" in run.stdout  # the human summary, with a verdict per target

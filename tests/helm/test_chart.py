@@ -1,0 +1,632 @@
+"""The Helm chart, rendered by the real helm binary: objects, least privilege, flags the operator accepts.
+
+The last tests take the rendered objects to the API emulator: the chart's CRD is applied with kubectl,
+and the operator is started with exactly the container's args and env to check that everything it asks
+of the API server is granted by the chart's RBAC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+import yaml
+
+from libvirt_operator import settings as settings_mod
+from libvirt_operator.api.constants import CRD_NAME, GROUP, PLURAL, VERSION
+from libvirt_operator.kube.lease import LeaseConfig
+from tests.conftest import REPO, wait_for
+from tests.helm.conftest import CHART, NAMESPACE, RELEASE, Helm, Manifest, Rendered
+
+DEPLOY_CRDS = REPO / "deploy" / "crds"
+CHART_CRDS = CHART / "crds"
+FULLNAME = f"{RELEASE}-libvirt-operator"
+SOCKET_DIR = "/run/libvirt"
+
+# Environment variables the operator reads besides its settings': the Lease's namespace (kube/lease.py).
+EXTRA_ENV = {"POD_NAMESPACE"}
+
+
+def _settings_env() -> frozenset[str]:
+    """The environment variable of every setting that has a flag (env_name_for raises for the others)."""
+    names = set()
+    for field in dataclasses.fields(settings_mod.Settings):
+        try:
+            names.add(settings_mod.env_name_for(field.name))
+        except KeyError:
+            continue
+    return frozenset(names)
+
+
+SETTINGS_ENV = _settings_env()
+
+# Everything the operator may do, and nothing more (least privilege): (apiGroup, resource) -> verbs.
+CLUSTER_GRANTS = {
+    (GROUP, PLURAL): {"get", "list", "watch", "patch", "update"},
+    (GROUP, f"{PLURAL}/status"): {"get", "patch", "update"},
+    (GROUP, f"{PLURAL}/finalizers"): {"update"},
+    ("", "events"): {"create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+    ("", "nodes"): {"get", "list", "watch", "patch"},
+    ("", "nodes/status"): {"get", "patch"},
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
+    ("", "namespaces"): {"list", "watch"},
+}
+NAMESPACE_GRANTS = {("coordination.k8s.io", "leases"): {"get", "list", "watch", "create", "update", "patch"}}
+
+CUSTOM: dict[str, Any] = {
+    "image": {"repository": "registry.example.com/virt/libvirt-operator", "tag": "1.2.3", "pullPolicy": "Always"},
+    "imagePullSecrets": [{"name": "regcred"}],
+    "operator": {
+        "libvirtUri": "qemu+unix:///system?socket=/run/libvirt/libvirt-sock",
+        "imageDir": "/srv/vm/images",
+        "storageDir": "/srv/vm/disks",
+        "domainType": "kvm",
+        "syncInterval": 2.5,
+        "shutdownTimeout": 120.5,
+        "stoppedEventDelay": 0.5,
+        "sharedStorage": "true",
+        "resumeGuestsOnHostBoot": False,
+        "deleteOrphanDisks": True,
+        "workers": 4,
+        "logLevel": "DEBUG",
+        "maxVcpus": 8,
+        "maxMemoryMiB": 1048576,
+    },
+    "extraArgs": ["--lease-duration=20", "--max-disks=4"],
+    "extraEnv": [{"name": "LIBVIRT_OPERATOR_MAX_INTERFACES", "value": "3"}],
+    "health": {"port": 18080},
+    "metrics": {"port": 19090, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+    "hostPaths": {"libvirtSocketDir": "/var/run/libvirt", "createDirectories": False, "imagesReadOnly": False},
+    "nodeSelector": {"kubernetes.io/os": "linux"},
+    "tolerations": [{"key": "hypervisor", "operator": "Exists", "effect": "NoSchedule"}],
+    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}]}}},
+    "priorityClassName": "system-node-critical",
+    "updateStrategy": {"maxUnavailable": "25%"},
+    "podAnnotations": {"example.com/scrape": "yes"},
+    "podLabels": {"team": "virt"},
+    "commonLabels": {"owner": "platform"},
+    "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+}
+
+
+@pytest.fixture(scope="module")
+def custom_render(helm: Helm) -> Rendered:
+    return helm.template(CUSTOM)
+
+
+@pytest.fixture(params=["default", "custom"])
+def rendered(request: pytest.FixtureRequest, default_render: Rendered, custom_render: Rendered) -> Rendered:
+    """The chart rendered with its default values, then with CUSTOM."""
+    return default_render if request.param == "default" else custom_render
+
+
+def settings_from(rendered: Rendered, monkeypatch: pytest.MonkeyPatch, node: str = "node-a") -> settings_mod.Settings:
+    """The Settings the operator builds from the container's args and env (the downward API filled in)."""
+    for name in SETTINGS_ENV | EXTRA_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, var in rendered.env().items():
+        if name == "NODE_NAME":
+            assert var["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+            monkeypatch.setenv(name, node)
+        elif "value" in var:
+            monkeypatch.setenv(name, var["value"])
+    parser = argparse.ArgumentParser()
+    settings_mod.add_arguments(parser)
+    return settings_mod.from_namespace(parser.parse_args(rendered.container["args"]))
+
+
+def operator_command() -> list[str]:
+    """The console script the image's ENTRYPOINT names, when installed next to this Python."""
+    script = Path(sys.executable).parent / "libvirt-operator"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "libvirt_operator"]
+
+
+def rules(role: Manifest) -> Iterator[tuple[str, str, str]]:
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    yield group, resource, verb
+
+
+def grants(role: Manifest) -> dict[tuple[str, str], set[str]]:
+    found: dict[tuple[str, str], set[str]] = {}
+    for group, resource, verb in rules(role):
+        found.setdefault((group, resource), set()).add(verb)
+    return found
+
+
+# --- lint and the objects rendered ------------------------------------------------------------------
+
+
+def test_helm_lint_passes_strict_with_default_and_custom_values(helm: Helm) -> None:
+    helm.run("lint", str(CHART))
+    out = helm.run("lint", "--strict", str(CHART), "--values", str(helm.values_file(CUSTOM))).stdout
+    assert "1 chart(s) linted, 0 chart(s) failed" in out
+
+
+def test_default_render_holds_the_operator_objects_and_no_service_monitor(default_render: Rendered) -> None:
+    assert default_render.kinds() == ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "Role", "RoleBinding",
+                                      "Service", "ServiceAccount"]
+    for doc in default_render.docs:
+        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert doc["metadata"]["namespace"] == NAMESPACE, doc["kind"]
+
+
+def test_crd_is_installed_from_the_crds_directory(helm: Helm) -> None:
+    crds = helm.template(None, "--include-crds").all("CustomResourceDefinition")
+    assert [crd["metadata"]["name"] for crd in crds] == [CRD_NAME]
+
+
+def test_service_monitor_scrapes_the_metrics_service_port(custom_render: Rendered) -> None:
+    monitor = custom_render.one("ServiceMonitor")
+    service = custom_render.one("Service")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == [p["name"] for p in service["spec"]["ports"]]
+
+
+def test_metrics_service_is_headless_and_targets_the_metrics_container_port(custom_render: Rendered) -> None:
+    service = custom_render.one("Service")
+    assert service["spec"]["clusterIP"] == "None"
+    pod_labels = custom_render.one("DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == custom_render.container_port(port["targetPort"]) == 19090
+    assert custom_render.args()["--metrics-port"] == "19090"
+
+
+def test_metrics_disabled_passes_port_zero_and_renders_no_service(helm: Helm) -> None:
+    rendered = helm.template({"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}})
+    assert "Service" not in rendered.kinds() and "ServiceMonitor" not in rendered.kinds()
+    assert rendered.args()["--metrics-port"] == "0"
+    assert [p["name"] for p in rendered.container["ports"]] == ["health"]
+
+
+# --- RBAC ----------------------------------------------------------------------------------------------
+
+
+def test_rbac_grants_exactly_what_the_operator_needs_without_wildcards(rendered: Rendered) -> None:
+    roles = rendered.all("ClusterRole") + rendered.all("Role")
+    for role in roles:
+        for rule in role["rules"]:
+            assert set(rule) <= {"apiGroups", "resources", "verbs"}, rule  # no resourceNames/nonResourceURLs
+            for key in ("apiGroups", "resources", "verbs"):
+                assert not any("*" in item for item in rule[key]), f"wildcard in {role['kind']}: {rule}"
+    assert grants(rendered.one("ClusterRole")) == CLUSTER_GRANTS
+    role = rendered.one("Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert grants(role) == NAMESPACE_GRANTS
+
+
+def test_bindings_give_the_roles_to_the_daemonset_service_account(default_render: Rendered) -> None:
+    account = default_render.one("ServiceAccount")["metadata"]
+    assert default_render.pod["serviceAccountName"] == account["name"]
+    for binding_kind, role_kind in (("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")):
+        binding = default_render.one(binding_kind)
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind,
+                                      "name": default_render.one(role_kind)["metadata"]["name"]}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["name"],
+                                        "namespace": account["namespace"]}]
+
+
+def test_existing_service_account_is_used_when_not_created(helm: Helm) -> None:
+    rendered = helm.template({"serviceAccount": {"create": False, "name": "vm-admin"}})
+    assert "ServiceAccount" not in rendered.kinds()
+    assert rendered.pod["serviceAccountName"] == "vm-admin"
+    assert rendered.one("ClusterRoleBinding")["subjects"][0]["name"] == "vm-admin"
+    assert "serviceAccount.name is required" in helm.template_error({"serviceAccount": {"create": False}})
+
+
+def test_rbac_can_be_left_to_the_cluster_admin(helm: Helm) -> None:
+    kinds = helm.template({"rbac": {"create": False}}).kinds()
+    assert not {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"} & set(kinds)
+
+
+# --- the pod ----------------------------------------------------------------------------------------------
+
+
+def test_node_name_and_pod_namespace_come_from_the_downward_api(default_render: Rendered) -> None:
+    env = default_render.env()
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+
+
+def test_libvirt_socket_and_storage_directories_are_mounted_from_the_host_at_the_same_paths(rendered: Rendered) -> None:
+    volumes = {v["name"]: v for v in rendered.pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in rendered.container["volumeMounts"]}
+    socket = volumes[mounts[SOCKET_DIR]["name"]]["hostPath"]
+    assert socket == {"path": rendered.values["hostPaths"]["libvirtSocketDir"], "type": "Directory"}
+    args = rendered.args()
+    for flag in ("--image-dir", "--storage-dir"):
+        path = args[flag]
+        assert path is not None and path in mounts, f"{flag}={path} is not mounted"
+        assert volumes[mounts[path]["name"]]["hostPath"]["path"] == path  # same path inside as on the host
+    images, disks = mounts[str(args["--image-dir"])], mounts[str(args["--storage-dir"])]
+    assert images.get("readOnly", False) is rendered.values["hostPaths"]["imagesReadOnly"]
+    assert not disks.get("readOnly", False)
+    dir_type = "DirectoryOrCreate" if rendered.values["hostPaths"]["createDirectories"] else "Directory"
+    assert volumes[images["name"]]["hostPath"]["type"] == volumes[disks["name"]]["hostPath"]["type"] == dir_type
+    assert volumes[mounts["/tmp"]["name"]] == {"name": mounts["/tmp"]["name"], "emptyDir": {"sizeLimit": "64Mi"}}
+    assert {m["mountPath"] for m in rendered.container["volumeMounts"]} == {SOCKET_DIR, "/tmp", str(
+        args["--image-dir"]), str(args["--storage-dir"])}
+
+
+def test_probes_and_ports_are_the_ones_the_operator_listens_on(rendered: Rendered) -> None:
+    args = rendered.args()
+    health, metrics = rendered.values["health"]["port"], rendered.values["metrics"]["port"]
+    assert args["--health-port"] == str(health) and args["--metrics-port"] == str(metrics)
+    live, ready = rendered.container["livenessProbe"], rendered.container["readinessProbe"]
+    assert live["httpGet"]["path"] == "/healthz" and ready["httpGet"]["path"] == "/readyz"
+    assert rendered.container_port(live["httpGet"]["port"]) == rendered.container_port(ready["httpGet"]["port"]) \
+        == health
+    assert rendered.container_port("metrics") == metrics
+    assert rendered.pod["hostNetwork"] is False
+
+
+def test_every_flag_is_one_the_operator_declares(rendered: Rendered) -> None:
+    unknown = set(rendered.args()) - settings_mod.RUN_FLAGS
+    assert not unknown, f"flags `libvirt-operator run` does not declare: {unknown}"
+    assert "command" not in rendered.container  # the image's entrypoint: `libvirt-operator run`
+
+
+def test_every_flag_is_in_the_cli_help(default_render: Rendered, custom_render: Rendered) -> None:
+    if not (REPO / "operator" / "libvirt_operator" / "cli.py").exists():
+        pytest.skip("operator/libvirt_operator/cli.py is not written yet: `libvirt-operator run --help` cannot run")
+    done = subprocess.run([*operator_command(), "run", "--help"], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, COLUMNS="200"))
+    assert done.returncode == 0, done.stderr
+    declared = set(re.findall(r"--[a-z][a-z0-9-]*", done.stdout))
+    for rendered in (default_render, custom_render):
+        assert set(rendered.args()) <= declared, set(rendered.args()) - declared
+
+
+def test_every_env_var_is_one_the_operator_reads(rendered: Rendered, monkeypatch: pytest.MonkeyPatch) -> None:
+    unknown = set(rendered.env()) - SETTINGS_ENV - EXTRA_ENV
+    assert not unknown, f"env vars the operator does not read: {unknown}"
+    # POD_NAMESPACE really places the node Lease (for which the chart's Role is namespaced).
+    monkeypatch.setenv("POD_NAMESPACE", NAMESPACE)
+    assert LeaseConfig.for_node("node-a").namespace == NAMESPACE
+
+
+def test_default_values_give_the_operator_defaults_and_the_node_from_the_downward_api(
+        default_render: Rendered, monkeypatch: pytest.MonkeyPatch) -> None:
+    got = settings_from(default_render, monkeypatch, node="hv-1")
+    defaults = settings_mod.Settings()
+    assert got == dataclasses.replace(defaults, node_name="hv-1")
+
+
+def test_custom_values_reach_the_operator_settings(custom_render: Rendered, monkeypatch: pytest.MonkeyPatch) -> None:
+    got = settings_from(custom_render, monkeypatch)
+    expected = dataclasses.replace(
+        settings_mod.Settings(), node_name="node-a", libvirt_uri=CUSTOM["operator"]["libvirtUri"],
+        image_dir=Path("/srv/vm/images"), storage_dir=Path("/srv/vm/disks"), domain_type="kvm",
+        sync_interval=2.5, shutdown_timeout=120.5, stopped_event_delay=0.5, shared_storage="true",
+        resume_guests_on_host_boot=False, delete_orphan_disks=True, workers=4, log_level="DEBUG", max_vcpus=8,
+        max_memory_mib=1048576, health_port=18080, metrics_port=19090,
+        lease_duration=20.0, max_disks=4,  # extraArgs
+        max_interfaces=3,  # extraEnv
+    )
+    assert got == expected
+
+
+def test_container_runs_without_privilege_or_capabilities(default_render: Rendered) -> None:
+    context = default_render.container["securityContext"]
+    assert context["privileged"] is False and context["allowPrivilegeEscalation"] is False
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    assert default_render.pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    host_paths = [v["hostPath"]["path"] for v in default_render.pod["volumes"] if "hostPath" in v]
+    assert "/dev/kvm" not in host_paths and "/dev" not in host_paths  # QEMU runs under the host's libvirtd
+    assert not any(default_render.pod.get(k) for k in ("hostPID", "hostIPC", "hostNetwork"))
+
+
+def test_non_root_user_and_libvirt_group_are_values(helm: Helm) -> None:
+    rendered = helm.template({"podSecurityContext": {"runAsUser": 65532, "runAsGroup": 65532, "runAsNonRoot": True,
+                                                     "supplementalGroups": [111]}})
+    context = rendered.pod["securityContext"]
+    assert (context["runAsUser"], context["runAsNonRoot"], context["supplementalGroups"]) == (65532, True, [111])
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}  # merged with the defaults
+
+
+def test_image_tag_defaults_to_the_app_version(default_render: Rendered, custom_render: Rendered) -> None:
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    assert default_render.container["image"] == f"libvirt-operator:{app_version}"
+    assert default_render.container["imagePullPolicy"] == "IfNotPresent"
+    assert custom_render.container["image"] == "registry.example.com/virt/libvirt-operator:1.2.3"
+    assert custom_render.container["imagePullPolicy"] == "Always"
+    assert custom_render.pod["imagePullSecrets"] == [{"name": "regcred"}]
+
+
+def test_termination_grace_covers_in_flight_work_after_sigterm(
+        helm: Helm, default_render: Rendered, custom_render: Rendered) -> None:
+    assert default_render.pod["terminationGracePeriodSeconds"] == 90  # shutdownTimeout 60 + 30
+    assert custom_render.pod["terminationGracePeriodSeconds"] == 151  # ceil(120.5) + 30
+    short = helm.template({"operator": {"shutdownTimeout": 5}})
+    assert short.pod["terminationGracePeriodSeconds"] == 60  # the 30 s wait for in-flight work + 30
+    assert helm.template({"terminationGracePeriodSeconds": 300}).pod["terminationGracePeriodSeconds"] == 300
+
+
+def test_scheduling_update_and_pod_metadata_values(default_render: Rendered, custom_render: Rendered) -> None:
+    assert default_render.pod["nodeSelector"] == {"virt.libvirt-operator.dev/hypervisor": "true"}
+    assert "priorityClassName" not in default_render.pod and "tolerations" not in default_render.pod
+    strategy = default_render.one("DaemonSet")["spec"]["updateStrategy"]
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+
+    pod = custom_render.pod
+    # Helm merges maps with the defaults: the hypervisor label stays unless set to null.
+    assert pod["nodeSelector"] == {"virt.libvirt-operator.dev/hypervisor": "true", "kubernetes.io/os": "linux"}
+    assert pod["tolerations"] == CUSTOM["tolerations"] and pod["affinity"] == CUSTOM["affinity"]
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert custom_render.one("DaemonSet")["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "25%"
+    template = custom_render.one("DaemonSet")["spec"]["template"]["metadata"]
+    assert template["annotations"] == {"example.com/scrape": "yes"}
+    assert template["labels"]["team"] == "virt"
+    assert all(doc["metadata"]["labels"]["owner"] == "platform" for doc in custom_render.docs)
+    selector = custom_render.one("DaemonSet")["spec"]["selector"]["matchLabels"]
+    assert selector == {"app.kubernetes.io/name": "libvirt-operator", "app.kubernetes.io/instance": RELEASE}
+    assert custom_render.container["resources"] == CUSTOM["resources"]
+
+
+def test_default_node_selector_label_is_dropped_by_setting_it_to_null(helm: Helm) -> None:
+    rendered = helm.template({"nodeSelector": {"virt.libvirt-operator.dev/hypervisor": None, "role": "hv"}})
+    assert rendered.pod["nodeSelector"] == {"role": "hv"}
+
+
+def test_notes_tell_how_to_check_the_install_and_create_a_vm(helm: Helm) -> None:
+    out = helm.run("install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client").stdout
+    notes = out[out.index("NOTES:"):]
+    assert f"kubectl -n {NAMESPACE} rollout status daemonset/{FULLNAME}" in notes
+    assert f"kubectl get crd {CRD_NAME}" in notes
+    vm = first_vm_of(notes, "hv-1")
+    assert (vm["apiVersion"], vm["kind"], vm["spec"]["nodeName"]) == (f"{GROUP}/{VERSION}", "VirtualMachine", "hv-1")
+
+
+def first_vm_of(notes: str, node: str) -> Manifest:
+    """The VirtualMachine of the NOTES' `kubectl apply -f - <<'YAML'` example, for node ``node``."""
+    match = re.search(r"^kubectl apply -f - <<'YAML'\n(.*?)^YAML$", notes, re.M | re.S)
+    assert match, notes
+    document: Manifest = yaml.safe_load(match.group(1).replace("NODE", node))
+    return document
+
+
+# --- values the chart refuses ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("values", "complaint"), [
+    ({"operator": {"workers": "many"}}, "at '/operator/workers': got string, want integer"),
+    ({"operator": {"resumeGuestsOnHostBoot": "yes"}}, "at '/operator/resumeGuestsOnHostBoot': got string"),
+    ({"terminationGracePeriodSeconds": "90"}, "at '/terminationGracePeriodSeconds'"),
+    ({"bogus": 1}, "additional properties 'bogus' not allowed"),
+    ({"operator": {"sharedStorge": "true"}}, "at '/operator': additional properties 'sharedStorge' not allowed"),
+    ({"metrics": {"serviceMonitor": {"enable": True}}}, "at '/metrics/serviceMonitor': additional properties"),
+    ({"updateStrategy": {"maxSurge": 1}}, "at '/updateStrategy': additional properties 'maxSurge' not allowed"),
+    ({"operator": {"sharedStorage": "maybe"}}, "at '/operator/sharedStorage': value must be one of"),
+    ({"operator": {"domainType": "xen"}}, "at '/operator/domainType': value must be one of"),
+    ({"operator": {"logLevel": "TRACE"}}, "at '/operator/logLevel': value must be one of"),
+    ({"hostPaths": {"mountPropagation": "Bidirectional"}}, "at '/hostPaths/mountPropagation'"),
+    ({"image": {"pullPolicy": "Sometimes"}}, "at '/image/pullPolicy': value must be one of"),
+    ({"operator": {"storageDir": "disks"}}, "at '/operator/storageDir'"),
+    ({"health": {"port": 70000}}, "at '/health/port'"),
+    ({"extraArgs": ["lease-duration=3"]}, "at '/extraArgs/0'"),
+    ({"extraEnv": [{"value": "1"}]}, "at '/extraEnv/0'"),
+])
+def test_schema_rejects_wrong_types_unknown_keys_and_bad_enums(
+        helm: Helm, values: dict[str, Any], complaint: str) -> None:
+    error = helm.template_error(values)
+    assert "values don't meet the specifications of the schema" in error
+    assert complaint in error, error
+
+
+@pytest.mark.parametrize(("values", "complaint"), [
+    ({"metrics": {"port": 8080}}, "metrics.port must differ from health.port"),
+    ({"operator": {"storageDir": "/var/lib/libvirt-operator/images/"}},
+     "operator.imageDir and operator.storageDir must be different directories"),
+    ({"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}},
+     "metrics.serviceMonitor.enabled needs metrics.service.enabled"),
+])
+def test_conflicting_values_are_refused_with_the_reason(helm: Helm, values: dict[str, Any], complaint: str) -> None:
+    assert complaint in helm.template_error(values)
+
+
+# --- the CRD ---------------------------------------------------------------------------------------------
+
+
+def test_chart_crds_are_byte_identical_to_deploy_crds() -> None:
+    source = sorted(p.name for p in DEPLOY_CRDS.glob("*.yaml"))
+    assert source, "deploy/crds/ holds no CRD"
+    assert sorted(p.name for p in CHART_CRDS.iterdir()) == source, "run hack/sync-chart-crd.sh"
+    for name in source:
+        assert (CHART_CRDS / name).read_bytes() == (DEPLOY_CRDS / name).read_bytes(), \
+            f"{CHART_CRDS / name} differs from deploy/crds/ (run hack/sync-chart-crd.sh)"
+
+
+# --- the image ------------------------------------------------------------------------------------------
+
+
+def test_dockerfile_matches_what_the_chart_expects(default_render: Rendered) -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    entrypoint = re.search(r"^ENTRYPOINT (\[.*\])$", dockerfile, re.M)
+    assert entrypoint and json.loads(entrypoint.group(1)) == ["libvirt-operator", "run"]
+    scripts = _pyproject()["project"]["scripts"]
+    assert scripts["libvirt-operator"] == "libvirt_operator.cli:main"
+    exposed = re.search(r"^EXPOSE (.*)$", dockerfile, re.M)
+    assert exposed and sorted(int(p) for p in exposed.group(1).split()) == sorted(
+        int(p["containerPort"]) for p in default_render.container["ports"])
+    assert re.search(r"^FROM python:3\.11-slim-bookworm", dockerfile, re.M)
+    assert re.search(r"install .*\blibvirt0\b.*\bqemu-utils\b", dockerfile)
+    # Every path the build copies is in the build context (.dockerignore lets it through).
+    allowed = [line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.startswith("!")]
+    for source in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.M):
+        for path in source.split():
+            assert (REPO / path).exists(), path
+            assert any(path.rstrip("/") == a or path.startswith(a + "/") for a in allowed), path
+
+
+def _pyproject() -> dict[str, Any]:
+    import tomllib
+
+    with open(REPO / "pyproject.toml", "rb") as handle:
+        return tomllib.load(handle)
+
+
+# --- on the API emulator -------------------------------------------------------------------------------
+
+
+def test_chart_crd_applies_and_every_rbac_rule_names_a_served_resource_and_verb(
+        helm: Helm, kubectl_bin: str, tmp_path: Path) -> None:
+    emulator = pytest.importorskip("tests.emulator.conftest", reason="the API emulator is not available")
+    manifests = tmp_path / "crds.yaml"
+    manifests.write_text(yaml.safe_dump_all(helm.template(None, "--include-crds").all("CustomResourceDefinition")))
+    server = emulator.EmulatorThread()
+    try:
+        kubeconfig = tmp_path / "kubeconfig"
+        server.call(server.emulator.write_kubeconfig, kubeconfig)
+        kubectl = [kubectl_bin, "--kubeconfig", str(kubeconfig), "--cache-dir", str(tmp_path / "cache")]
+        subprocess.run([*kubectl, "apply", "-f", str(manifests)], check=True, capture_output=True, timeout=30)
+        subprocess.run([*kubectl, "wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=10s"],
+                       check=True, capture_output=True, timeout=30)
+        served = _discovery(server.url)
+    finally:
+        server.close()
+    for (group, resource), verbs in (CLUSTER_GRANTS | NAMESPACE_GRANTS).items():
+        if resource.endswith("/finalizers"):  # an RBAC-only subresource: its parent must be served
+            assert resource.split("/")[0] in served[group]
+            continue
+        assert resource in served[group], f"{group or 'core'}/{resource} is not served"
+        assert verbs <= served[group][resource], f"{group or 'core'}/{resource}: {verbs - served[group][resource]}"
+
+
+def _discovery(url: str) -> dict[str, dict[str, set[str]]]:
+    """{group: {resource: verbs}} of the preferred versions, as an RBAC authorizer sees resources."""
+    def get(path: str) -> Any:
+        with urllib.request.urlopen(url + path, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    served: dict[str, dict[str, set[str]]] = {"": {}}
+    for r in get("/api/v1")["resources"]:
+        served[""][r["name"]] = set(r["verbs"])
+    for group in get("/apis")["groups"]:
+        found = served.setdefault(group["name"], {})
+        for r in get(f"/apis/{group['preferredVersion']['groupVersion']}")["resources"]:
+            found[r["name"]] = set(r["verbs"])
+    return served
+
+
+def test_operator_started_with_the_chart_args_and_env_needs_no_more_than_the_chart_rbac(
+        helm: Helm, kubectl_bin: str, tmp_path: Path) -> None:
+    """The container's exact args and env (libvirt's in-memory test driver instead of qemu:///system),
+    with a kubeconfig standing in for in-cluster config: the pod becomes ready on its readiness probe,
+    runs the NOTES' first VM, and every request it makes is granted by the chart's RBAC."""
+    harness = pytest.importorskip("tests.e2e.harness", reason="the API emulator harness is not available")
+    free_port = harness.free_port
+    rendered = helm.template({
+        "operator": {"libvirtUri": "test:///default", "imageDir": str(tmp_path / "images"),
+                     "storageDir": str(tmp_path / "disks"), "shutdownTimeout": 3, "stoppedEventDelay": 0.3},
+        "health": {"port": free_port()}, "metrics": {"port": free_port()},
+    })
+    api = harness.ApiServer(tmp_path)
+    api.start()
+    client = kubernetes.client.ApiClient(_configuration(api.kubeconfig))
+    core = kubernetes.client.CoreV1Api(client)
+    custom = kubernetes.client.CustomObjectsApi(client)
+    core.create_namespace({"metadata": {"name": NAMESPACE}})
+    core.create_node({"metadata": {"name": "hv-1", "labels": {"virt.libvirt-operator.dev/hypervisor": "true"}}})
+    api.reset_counts()
+
+    own: collections.Counter[tuple[str, str]] = collections.Counter()  # requests of this test, not the operator
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS_ENV | EXTRA_ENV}
+    env.update(NODE_NAME="hv-1", POD_NAMESPACE=NAMESPACE, KUBECONFIG=str(api.kubeconfig))
+    env.update({name: var["value"] for name, var in rendered.env().items() if "value" in var})
+    log = tmp_path / "operator.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*operator_command(), "run", *rendered.container["args"]], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        ready = rendered.container["readinessProbe"]["httpGet"]
+        ready_url = f"http://127.0.0.1:{rendered.container_port(ready['port'])}{ready['path']}"
+        wait_for(lambda: _alive(proc, log) and _status(ready_url) == 200, timeout=60, what="the readiness probe")
+        live = rendered.container["livenessProbe"]["httpGet"]
+        assert _status(f"http://127.0.0.1:{rendered.container_port(live['port'])}{live['path']}") == 200
+        assert _status(f"http://127.0.0.1:{rendered.container_port('metrics')}/metrics") == 200
+
+        notes = helm.run("install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client").stdout
+        vm = first_vm_of(notes, "hv-1")
+        own.update([("get", PLURAL), ("create", PLURAL)])  # kubectl apply: GET (404), then POST
+        subprocess.run([kubectl_bin, "--kubeconfig", str(api.kubeconfig), "apply", "-f", "-"],
+                       input=yaml.safe_dump(vm), text=True, check=True, capture_output=True, timeout=30)
+        name, namespace = vm["metadata"]["name"], vm["metadata"]["namespace"]
+
+        def phase() -> str | None:
+            own[("get", PLURAL)] += 1
+            obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            return (obj.get("status") or {}).get("phase")
+        wait_for(lambda: _alive(proc, log) and phase() == "Running", timeout=60, what="the first VM to run")
+        own[("delete", PLURAL)] += 1
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+        def gone() -> bool:
+            own[("list", PLURAL)] += 1
+            return not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+        wait_for(lambda: _alive(proc, log) and gone(), timeout=60, what="the first VM to be deleted")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code: int | None
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code = None
+        requests = api.requests()
+        leases = kubernetes.client.CoordinationV1Api(client).list_lease_for_all_namespaces().items
+        client.close()
+        api.stop()
+    assert code == 0, log.read_text()[-3000:]
+
+    assert own <= collections.Counter(requests)  # the test's own requests, counted right
+    operator_requests = collections.Counter(requests) - own
+    allowed = grants(rendered.one("ClusterRole")) | grants(rendered.one("Role"))
+    denied = sorted((verb, resource) for verb, resource in operator_requests
+                    if not any(res == resource and verb in verbs for (_g, res), verbs in allowed.items()))
+    assert not denied, f"requests the chart's RBAC would deny: {denied}"
+    assert ("create", "leases") in operator_requests  # the namespaced Role is really needed ...
+    assert {lease.metadata.namespace for lease in leases} == {NAMESPACE}  # ... and only in the release namespace
+
+
+def _configuration(kubeconfig: Path) -> kubernetes.client.Configuration:
+    configuration = kubernetes.client.Configuration()
+    kubernetes.config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    return configuration
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def _alive(proc: subprocess.Popen[bytes], log: Path) -> bool:
+    if proc.poll() is not None:
+        raise AssertionError(f"the operator exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+    return True

@@ -31,6 +31,10 @@ def host() -> Iterator[Host]:
             pytest.fail("libvirtd does not answer at qemu:///system; hack/setup.sh starts it")
         pytest.skip("libvirtd does not answer at qemu:///system (run hack/setup.sh)")
     h = Host()
+    if os.environ.get("CI"):
+        # A CI machine may hold domains of an earlier, interrupted test session: start clean.
+        for uuid_, _name in h.owned_domains("e2e"):
+            h.remove(uuid_)
     yield h
     h.reconnect()
     for uuid_, _name in h.owned_domains(NODE_PREFIX):

@@ -82,6 +82,7 @@ class Runtime:
         self.host = HostReconciler(self)
         self.node = NodeReporter(self)
         self.restart_required: dict[str, bool] = {}
+        self.host_capacity: tuple[int, int] = (0, 0)  # memory MiB, CPUs (0: unknown)
         self.domain_type = "kvm"
         self.emulator: str | None = None
         self._pending_first: set[Key] = set()
@@ -131,6 +132,8 @@ class Runtime:
         self.domain_type, self.emulator = await self.conn.call(
             "capabilities", lambda c: choose_domain_type(c, s.domain_type))
         info = await self.conn.call("host info", lambda c: read_host_info(c, self.domain_type))
+        node_info = await self.conn.call("node info", lambda c: c.getInfo())
+        self.host_capacity = (int(node_info[1]), int(node_info[2]))  # MiB, CPUs
         for warning in quality_warnings(info):
             logger.warning("host quality warning: %s", warning)
         logger.info("libvirt %s on %s (%s, %s): domain type %s", info.libvirt_version, s.node_name, info.arch,

@@ -273,8 +273,6 @@ def _settled(cluster: Cluster, name: str) -> Callable[[], dict[str, Any] | None]
     return check
 
 
-@pytest.mark.xfail(strict=True, reason="the operator checks only its configured maxima, not the host's "
-                                       "memory and CPUs (see docs/hardening.md, operator bugs)")
 @pytest.mark.parametrize("resource", ["memory", "cores"])
 def test_a_vm_larger_than_the_host_ends_failed_naming_the_field(cluster: Cluster, host: Host, make_operator: Any,
                                                                 node_name: str, resource: str) -> None:
@@ -306,8 +304,6 @@ def test_a_vm_larger_than_the_host_ends_failed_naming_the_field(cluster: Cluster
             host.remove(uid)
 
 
-@pytest.mark.xfail(strict=True, reason="a refused change is written as Failed, then overwritten by the power "
-                                       "pass as Running (see docs/hardening.md, operator bugs)")
 def test_a_hostile_change_to_a_running_vm_is_refused_naming_the_field_and_the_guest_keeps_running(
         cluster: Cluster, host: Host, make_operator: Any, node_name: str, dirs: tuple[Path, Path]) -> None:
     storage, images = dirs

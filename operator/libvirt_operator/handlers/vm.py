@@ -111,6 +111,7 @@ class Reconciler:
 
         try:
             spec = parse_spec(rec.body.get("spec") or {}, self.limits)
+            self._check_host_capacity(spec)
         except SpecError as exc:
             await self._fail(rec, "InvalidSpec", str(exc))
             return None
@@ -152,7 +153,8 @@ class Reconciler:
                 raise HypervisorError(f"domain {rec.uid} vanished right after it was defined")
         elif status.get("phase") == Phase.FAILED.value or self._generation_moved(rec):
             # A retry or a spec change: bring the definition in line with the spec.
-            await self._redefine_if_changed(rec, spec)
+            if not await self._redefine_if_changed(rec, spec):
+                return None  # refused: Failed naming the field; the running guest is left as it is
             first_start = status.get("phase") == Phase.FAILED.value
 
         return await self._converge_power(rec, spec, dom, first_start=first_start, first_pass=first_pass)
@@ -329,16 +331,27 @@ class Reconciler:
                 raise SpecError(f"spec.interfaces[{index}].bridge",
                                 f"bridge {iface.bridge!r} does not exist on node {self.rt.settings.node_name}")
 
-    async def _redefine_if_changed(self, rec: VMRecord, spec: VMSpec) -> None:
+    def _check_host_capacity(self, spec: VMSpec) -> None:
+        """What only the node can judge: more memory or vCPUs than this host has."""
+        memory_mib, cpus = self.rt.host_capacity
+        if memory_mib and spec.memory_bytes > memory_mib * 2**20:
+            raise SpecError("spec.memory", f"{spec.memory_bytes // 2**20} MiB is more than node "
+                            f"{self.rt.settings.node_name} has ({memory_mib} MiB)")
+        if cpus and spec.cores > cpus:
+            raise SpecError("spec.cpu.cores", f"{spec.cores} cores is more than node "
+                            f"{self.rt.settings.node_name} has ({cpus} CPUs)")
+
+    async def _redefine_if_changed(self, rec: VMRecord, spec: VMSpec) -> bool:
+        """False when the new spec is refused (the VM is then Failed, its domain untouched)."""
         current = await self.rt.conn.call(
             "domain XML", lambda c: domains.xml_of(c, rec.uid, flags=libvirt.VIR_DOMAIN_XML_INACTIVE))
         if current is None:
-            return
+            return True
         try:
             xml, _paths = await self._build_xml(rec, spec)
         except (ValueError, StorageError) as exc:
             await self._fail(rec, "InvalidSpec", str(exc))
-            return
+            return False
         if hardware.fingerprint(xml) != hardware.fingerprint(current):
             logger.info("%s/%s: hardware changed: redefining the domain", *rec.key)
             rec.expect("Defined")
@@ -346,6 +359,7 @@ class Reconciler:
             state = await self.rt.conn.call("domain state", lambda c: domains.state_of(c, rec.uid))
             if state is not None and state.active:
                 self.rt.restart_required[rec.uid] = True
+        return True
 
     async def _interrupted_provisioning(self, rec: VMRecord, domain_exists: bool) -> None:
         """nova: an instance caught in BUILDING/SPAWNING goes to ERROR; its half-made parts are removed."""

@@ -2,10 +2,11 @@
 and broken watches, and the operator SIGKILLed at random points of create/delete cycles.
 
 After each fault every VM converges: no leaked domain, no leaked disk directory, no stuck finalizer, no VM
-lost, and a VM that was already running is never touched. Related faults checked elsewhere: a QEMU process
-killed (test_power_policy.py::test_qemu_killed_with_sigkill), libvirtd restarted while VMs run and the API
-unreachable for a while (test_connection_loss.py), the operator SIGKILLed once mid-create and mid-delete
-(test_startup.py::test_sigkill_during_provisioning_and_deletion_leaks_nothing). docs/hardening.md has the table.
+lost, no change lost, and a VM that was already running is never touched. Related faults checked elsewhere:
+a QEMU process killed (test_power_policy.py::test_qemu_killed_with_sigkill), libvirtd restarted while VMs
+run and the API unreachable for a while (test_connection_loss.py), the operator SIGKILLed once mid-create
+and mid-delete (test_startup.py::test_sigkill_during_provisioning_and_deletion_leaks_nothing).
+docs/hardening.md has the table.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from tests.e2e.harness import (
 DISK = [{"name": "data", "size": "8Mi"}]
 
 
-# --- helpers -------------------------------------------------------------------------------------------
+# --- helpers ------------------------------------------------------------------------------------------------
 
 
 def _metric(operator: OperatorProcess, name: str, **labels: str) -> float:
@@ -118,7 +119,7 @@ def _assert_all_gone(cluster: Cluster, host: Host, storage: Path, names: list[st
         assert not (storage / uid).exists(), f"leaked disk directory {uid}"
 
 
-# --- libvirtd killed ---------------------------------------------------------------------------------------
+# --- libvirtd killed or stalled -----------------------------------------------------------------------------
 
 
 def _live_libvirtd_pids() -> list[int]:
@@ -146,7 +147,7 @@ def _ensure_libvirtd() -> None:
 
 
 @contextmanager
-def _libvirtd_outage(operator: OperatorProcess) -> Iterator[Callable[[], None]]:
+def _libvirtd_outage(operator: OperatorProcess, host: Host) -> Iterator[Callable[[], None]]:
     """Yields `kill`: SIGKILL libvirtd and wait until the operator has noticed. libvirtd is always
     started again on the way out, as fast as possible (other tests may share it)."""
     def kill() -> None:
@@ -158,6 +159,7 @@ def _libvirtd_outage(operator: OperatorProcess) -> Iterator[Callable[[], None]]:
         yield kill
     finally:
         _ensure_libvirtd()
+        host.reconnect()  # the session's connection died with the daemon
 
 
 def test_libvirtd_killed_while_vms_are_provisioning_every_vm_comes_up_once(
@@ -167,11 +169,10 @@ def test_libvirtd_killed_while_vms_are_provisioning_every_vm_comes_up_once(
     bystander = _bystander(cluster, host, node_name)
     names = [unique("lvd-create") for _ in range(3)]
     _apply_all(cluster, names, node_name)
-    with _libvirtd_outage(operator) as kill:
+    with _libvirtd_outage(operator, host) as kill:
         poll(lambda: any(cluster.status(n).get("phase") == "Provisioning" for n in names), timeout=30,
              interval=0.01, what="provisioning to begin")
         kill()
-    host.reconnect()
     for name in names:
         cluster.wait_phase(name, "Running", timeout=90)
     uids = [_assert_runs_once(cluster, host, storage, n) for n in names]
@@ -188,17 +189,61 @@ def test_libvirtd_killed_while_vms_are_deleted_the_deletion_completes(
     _apply_all(cluster, names, node_name)
     uids = [cluster.wait_phase(n, "Running")["domainUUID"] for n in names]
     _delete_all(cluster, names)
-    with _libvirtd_outage(operator) as kill:
+    with _libvirtd_outage(operator, host) as kill:
         poll(lambda: any(cluster.status(n).get("phase") == "Terminating" for n in names), timeout=30,
              interval=0.01, what="deletion to begin")
         kill()
-    host.reconnect()
     _assert_all_gone(cluster, host, storage, names, uids)
     assert _disk_dirs(storage) == [bystander[1]]
     _assert_untouched(cluster, host, bystander)
 
 
-# --- disk creation failing -----------------------------------------------------------------------------------
+@contextmanager
+def _libvirtd_paused() -> Iterator[None]:
+    """libvirtd stops answering (SIGSTOP) for a moment, well within the operator's keepalive limit."""
+    pids = _live_libvirtd_pids()
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.xfail(strict=True, reason="observedGeneration is read from the record when the status is written, "
+                                       "not from the spec the pass acted on: a change that lands mid-pass is "
+                                       "marked observed and never acted on (see docs/hardening.md, operator bugs)")
+def test_a_spec_change_made_while_the_vm_is_being_created_is_not_lost(
+        cluster: Cluster, host: Host, make_operator: Any, node_name: str) -> None:
+    make_operator(node_name)
+    name = unique("racing")
+    with _libvirtd_paused():
+        cluster.apply(vm_manifest(name, node_name))
+        # The finalizer is the creation's first write: it has read the spec and now waits on libvirt.
+        poll(lambda: FINALIZER in ((cluster.get(name) or {}).get("metadata", {}).get("finalizers") or []),
+             timeout=30, interval=0.02, what="the creation to begin")
+        cluster.patch_spec(name, {"paused": True})
+    vm = cluster.get(name)
+    assert vm is not None
+    generation = vm["metadata"]["generation"]
+    status = poll(_observed(cluster, name, generation), timeout=60, what="the change to be observed")
+    assert status is not None
+    assert status["phase"] == "Paused", f"spec.paused is true, status says {status['phase']}"
+    assert host.state(status["domainUUID"]) == libvirt.VIR_DOMAIN_PAUSED
+
+
+def _observed(cluster: Cluster, name: str, generation: int) -> Callable[[], dict[str, Any] | None]:
+    """The status once it says it observed `generation` and is past creating."""
+    def check() -> dict[str, Any] | None:
+        status = cluster.status(name)
+        if status.get("observedGeneration") == generation and status.get("phase") in ("Running", "Paused"):
+            return status
+        return None
+    return check
+
+
+# --- disk creation failing ----------------------------------------------------------------------------------
 
 
 @contextmanager
@@ -274,18 +319,22 @@ def test_disk_creation_failing_on_a_full_disk_fails_the_vm_naming_the_disk_and_l
                 host.remove(uid)
 
 
-# --- API errors ------------------------------------------------------------------------------------------------
+# --- API errors ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("code", [409, 429, 500])
-def test_api_errors_on_the_operators_writes_are_retried_until_create_and_delete_converge(
-        cluster: Cluster, host: Host, make_operator: Any, node_name: str, dirs: tuple[Path, Path], code: int) -> None:
+CODES = (409, 429, 500)
+
+
+def test_409_429_and_500_answers_to_the_operators_writes_are_retried_until_create_and_delete_converge(
+        cluster: Cluster, host: Host, make_operator: Any, node_name: str, dirs: tuple[Path, Path]) -> None:
     storage = dirs[0]
     operator = make_operator(node_name)
 
     def inject() -> None:
-        cluster.api.inject_fault(status=code, verb="patch", resource="virtualmachines", count=2)
-        cluster.api.inject_fault(status=code, verb="patch", resource="virtualmachines/status", count=3)
+        # Faults are served in the order given: a conflict, then throttling, then a server error.
+        for code in CODES:
+            cluster.api.inject_fault(status=code, verb="patch", resource="virtualmachines", count=1)
+            cluster.api.inject_fault(status=code, verb="patch", resource="virtualmachines/status", count=1)
 
     def errors_seen() -> tuple[float, float]:
         return (_metric(operator, "libvirt_operator_api_requests_total", verb="patch", resource="virtualmachines",
@@ -293,19 +342,21 @@ def test_api_errors_on_the_operators_writes_are_retried_until_create_and_delete_
                 _metric(operator, "libvirt_operator_api_requests_total", verb="patch",
                         resource="virtualmachines/status", outcome="error"))
 
-    inject()
-    name = unique(f"api{code}")
+    inject()  # the finalizer (JSON patch) and the status (merge patch) writes of a creation
+    name = unique("api-errors")
     cluster.apply(vm_manifest(name, node_name, disks=DISK))
     cluster.wait_phase(name, "Running", timeout=90)
     uid = _assert_runs_once(cluster, host, storage, name)
     seen = errors_seen()
-    assert seen[0] >= 2 and seen[1] >= 3, f"the injected errors did not all reach the operator: {seen}"
+    assert seen[0] >= 3 and seen[1] >= 3, f"the injected errors did not all reach the operator: {seen}"
 
-    inject()  # the finalizer removal and the Terminating status meet the same errors
+    inject()  # the Terminating status and the finalizer removal of a deletion
     _delete_all(cluster, [name])
     _assert_all_gone(cluster, host, storage, [name], [uid])
-    after = errors_seen()
-    assert after[0] >= 4 and after[1] >= 6
+    seen = errors_seen()
+    assert seen[0] >= 6 and seen[1] >= 6, f"the injected errors did not all reach the operator: {seen}"
+    log = operator.log.read_text(errors="replace")
+    assert all(f": {code} " in log for code in CODES)  # each answer was met, logged and retried
     assert operator.proc is not None and operator.proc.poll() is None
 
 
@@ -326,7 +377,7 @@ def test_api_errors_at_start_up_delay_readiness_but_nothing_is_lost(
     assert host.qemu_pid(f"default_{name}") == pid and host.state(uid) == libvirt.VIR_DOMAIN_PAUSED
 
 
-# --- broken watches -------------------------------------------------------------------------------------------
+# --- broken watches -----------------------------------------------------------------------------------------
 
 
 def _reset_api_connections(port: int) -> None:
@@ -346,19 +397,20 @@ def _stopped(operator: OperatorProcess) -> Iterator[None]:
 
 
 def test_changes_made_while_the_watch_connection_is_broken_are_not_lost(
-        cluster: Cluster, host: Host, make_operator: Any, node_name: str) -> None:
+        cluster: Cluster, host: Host, make_operator: Any, node_name: str, dirs: tuple[Path, Path]) -> None:
+    storage = dirs[0]
     operator = make_operator(node_name)
-    running = unique("before")
-    cluster.apply(vm_manifest(running, node_name))
-    cluster.wait_phase(running, "Running")
+    doomed = unique("before")
+    cluster.apply(vm_manifest(doomed, node_name, disks=DISK))
+    doomed_uid = cluster.wait_phase(doomed, "Running")["domainUUID"]
     watches = cluster.api.requests().get(("watch", "virtualmachines"), 0)
     created = unique("during")
     with _stopped(operator):
         _reset_api_connections(cluster.api.port)
         cluster.apply(vm_manifest(created, node_name))
-        cluster.patch_spec(running, {"paused": True})
+        _delete_all(cluster, [doomed])
     cluster.wait_phase(created, "Running")
-    cluster.wait_phase(running, "Paused")
+    _assert_all_gone(cluster, host, storage, [doomed], [doomed_uid])
     assert cluster.api.requests().get(("watch", "virtualmachines"), 0) > watches, "the watch was not re-opened"
 
 
@@ -374,8 +426,11 @@ def test_a_410_gone_answer_to_a_watch_request_does_not_stop_the_operator(
          what="the watch to be re-opened")
     name = unique("after410")
     cluster.apply(vm_manifest(name, node_name))
-    cluster.wait_phase(name, "Running")
-    assert operator.proc is not None and operator.proc.poll() is None, "the operator exited"
+    assert operator.proc is not None
+    poll(lambda: operator.proc.poll() is not None or cluster.status(name).get("phase") == "Running",  # type: ignore[union-attr]
+         timeout=60, what=f"{name} to run, or the operator to exit")
+    assert operator.proc.poll() is None, f"the operator exited:\n{operator.tail(20)}"
+    assert cluster.status(name)["phase"] == "Running"
 
 
 class InProcessApi:
@@ -452,7 +507,8 @@ DELETE_POINTS: dict[str, Callable[[dict[str, Any] | None], bool]] = {
     "terminating": lambda vm: vm is None or (vm.get("status") or {}).get("phase") == "Terminating",
     "deleted": lambda vm: vm is None,
 }
-CYCLES = 6
+# Kept small for CI; LVO_FAULT_CYCLES=50 makes a soak run (LVO_FAULT_SEED picks other kill points).
+CYCLES = int(os.environ.get("LVO_FAULT_CYCLES", "4"))
 VMS_PER_CYCLE = 3
 
 
@@ -490,7 +546,9 @@ def test_operator_sigkilled_at_random_points_of_create_delete_cycles_loses_and_l
     seed = int(os.environ.get("LVO_FAULT_SEED", "8"))
     rng = random.Random(seed)
     storage = dirs[0]
-    operator = make_operator(node_name)
+    # A SIGKILLed holder never releases the node lease: its successor waits for it to expire (kept short
+    # here, as is the graceful shutdown that every deletion waits for: these guests have no OS to heed it).
+    operator = make_operator(node_name, "--lease-duration", "2", "--shutdown-timeout", "1")
     killer = KillCounter(operator, rng)
     bystander = _bystander(cluster, host, node_name)
     created = converged = retried = deleted = 0

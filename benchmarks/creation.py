@@ -50,7 +50,7 @@ class CreationResult:
     operator_rss_mib: float
 
 
-def run(count: int, *, interval: float = 0.1, timeout: float = 300.0) -> CreationResult:
+def run(count: int, *, interval: float = 0.1, timeout: float = 1800.0) -> CreationResult:
     ensure_libvirtd()
     node = f"bench{uuid.uuid4().hex[:6]}"
     host = Host()
@@ -138,7 +138,11 @@ async def _create_paced(url: str, manifests: Sequence[Mapping[str, Any]], interv
 
         await asyncio.gather(*(create(i, m) for i, m in enumerate(manifests)))
         deadline = time.monotonic() + limit
+        report_at = time.monotonic() + 30.0
         while len(watcher.seen.keys() & set(names)) < len(names):
+            if time.monotonic() > report_at:  # a long wait on a busy machine: show that it moves
+                print(f"      {len(watcher.seen.keys() & set(names))}/{len(names)} Running", flush=True)
+                report_at += 30.0
             if watch.done():
                 watch.result()  # raises what ended the watch
                 raise RuntimeError("the watch ended early")

@@ -51,8 +51,11 @@ def run(count: int, *, paced_interval: float | None = None, timeout: float = 900
             started = time.monotonic()
             manifests = [vm_manifest(f"{node}-{i:04d}", node, memory="32Mi") for i in range(count)]
             uids = asyncio.run(create_vms(api.url, manifests))
-            wait_until(lambda: first.phases()["Running"] == count, timeout=timeout, interval=0.2,
-                       what=f"{count} VMs Running on test:///default")
+            try:
+                wait_until(lambda: first.phases()["Running"] == count, timeout=timeout, interval=0.2,
+                           what=f"{count} VMs Running on test:///default")
+            except TimeoutError as exc:
+                raise TimeoutError(f"{exc}; phases: {dict(first.phases())}") from None
             create_s = time.monotonic() - started
             first.wait_idle()
             writes_per_create = vm_writes(api.requests()) / count

@@ -144,6 +144,8 @@ class PhaseWatcher:
         self.url = url
         self.phase = phase
         self.seen: dict[str, float] = {}
+        self.seen_wall: dict[str, float] = {}  # time.time() of the same moment
+        self.objects: dict[str, Mapping[str, Any]] = {}  # the object as first seen in the phase
         self.failed: dict[str, str] = {}  # name -> status.message of VMs that went Failed instead
         self._started = asyncio.Event()
 
@@ -171,6 +173,8 @@ class PhaseWatcher:
         status = obj.get("status") or {}
         if name not in self.seen and status.get("phase") == self.phase:
             self.seen[name] = time.monotonic()
+            self.seen_wall[name] = time.time()
+            self.objects[name] = obj
         elif status.get("phase") == "Failed":
             self.failed[name] = str(status.get("message", ""))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -48,6 +49,8 @@ class CreationResult:
     loop_lag_max_s: float
     domain_type: str
     operator_rss_mib: float
+    # From the guest running (libvirt's start returned: status.lastEvent Started) to Running seen in the watch.
+    started_to_seen_s: list[float]
 
 
 def run(count: int, *, interval: float = 0.1, timeout: float = 1800.0) -> CreationResult:
@@ -64,7 +67,7 @@ def run(count: int, *, interval: float = 0.1, timeout: float = 1800.0) -> Creati
                 operator.start()
                 api.reset_counts()
                 manifests = [vm_manifest(f"{node}-{i:03d}", node, memory="32Mi") for i in range(count)]
-                latencies = asyncio.run(_create_paced(api.url, manifests, interval, timeout))
+                latencies, started_to_seen = asyncio.run(_create_paced(api.url, manifests, interval, timeout))
                 # Writes counted at the API server once the operator has stopped writing.
                 writes = settle(lambda: vm_writes(api.requests()), quiet=2.0, timeout=60.0)
                 lag = metric_value(operator.metrics(), "libvirt_operator_event_loop_lag_max_seconds")
@@ -80,7 +83,7 @@ def run(count: int, *, interval: float = 0.1, timeout: float = 1800.0) -> Creati
     finally:
         host.close()
     domain_type = ET.fromstring(template).get("type", "?")
-    return CreationResult(latencies, raw, writes / count, lag, domain_type, rss)
+    return CreationResult(latencies, raw, writes / count, lag, domain_type, rss, started_to_seen)
 
 
 def _remove_owned(host: Host, node: str) -> None:
@@ -122,7 +125,7 @@ def _raw_baseline(host: Host, template: str, node: str, count: int, interval: fl
 
 
 async def _create_paced(url: str, manifests: Sequence[Mapping[str, Any]], interval: float,
-                        limit: float) -> list[float]:
+                        limit: float) -> tuple[list[float], list[float]]:
     names = [str(m["metadata"]["name"]) for m in manifests]
     created: dict[str, float] = {}
     async with aiohttp.ClientSession() as session:
@@ -154,4 +157,10 @@ async def _create_paced(url: str, manifests: Sequence[Mapping[str, Any]], interv
                 raise TimeoutError(f"{len(missing)} VMs not Running after {limit:.0f}s: {missing[:5]}...")
             await asyncio.sleep(0.05)
         watch.cancel()
-    return [watcher.seen[n] - created[n] for n in names]
+    started_to_seen = []
+    for n in names:
+        last = (watcher.objects[n].get("status") or {}).get("lastEvent") or {}
+        if last.get("type") == "Started" and last.get("time"):
+            started = datetime.datetime.fromisoformat(str(last["time"]).replace("Z", "+00:00")).timestamp()
+            started_to_seen.append(watcher.seen_wall[n] - started)
+    return [watcher.seen[n] - created[n] for n in names], started_to_seen

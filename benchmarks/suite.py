@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         "creation_to_running_p50_s": percentile(created.latencies_s, 50),
         "creation_to_running_p95_s": percentile(created.latencies_s, 95),
         "creation_to_running_max_s": max(created.latencies_s),
+        "started_to_running_seen_p50_s": percentile(created.started_to_seen_s, 50),
+        "started_to_running_seen_p95_s": percentile(created.started_to_seen_s, 95),
         "raw_creation_p50_s": percentile(created.raw_latencies_s, 50),
         "raw_creation_p95_s": percentile(created.raw_latencies_s, 95),
         "vms_created": len(created.latencies_s),

@@ -211,9 +211,6 @@ def _libvirtd_paused() -> Iterator[None]:
             os.kill(pid, signal.SIGCONT)
 
 
-@pytest.mark.xfail(strict=True, reason="observedGeneration is read from the record when the status is written, "
-                                       "not from the spec the pass acted on: a change that lands mid-pass is "
-                                       "marked observed and never acted on (see docs/hardening.md, operator bugs)")
 def test_a_spec_change_made_while_the_vm_is_being_created_is_not_lost(
         cluster: Cluster, host: Host, make_operator: Any, node_name: str) -> None:
     make_operator(node_name)

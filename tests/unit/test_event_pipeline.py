@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,9 @@ import pytest
 
 from libvirt_operator.api.constants import CRD_PATH, GROUP, PLURAL, VERSION
 from libvirt_operator.emulator import KubeEmulator
-from libvirt_operator.operator_main import run_operator
 from libvirt_operator.runtime import Runtime
 from libvirt_operator.settings import Settings
+from libvirt_operator.testing import OperatorThread
 
 NODE = "unit-node"
 STOPPED, STARTED = libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STARTED
@@ -34,55 +33,6 @@ async def until(predicate: Callable[[], Any], limit: float = 20.0, what: str = "
             return value
         assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.02)
-
-
-class OperatorThread:
-    """The operator on its own loop in a thread, as in production (kopf cancels foreign tasks when it stops)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.runtime: Runtime | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self.thread = threading.Thread(target=self._main, name="operator", daemon=True)
-        self.error: BaseException | None = None
-
-    def _main(self) -> None:
-        async def run() -> None:
-            self.loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            await run_operator(self.settings, stop_flag=self._stop, health_host="127.0.0.1",
-                               on_runtime=lambda rt: setattr(self, "runtime", rt))
-        try:
-            asyncio.run(run())
-        except BaseException as exc:  # reported by stop()
-            self.error = exc
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def call(self, fn: Callable[[], Any]) -> None:
-        assert self.loop is not None
-        self.loop.call_soon_threadsafe(fn)
-
-    async def run(self, coro_factory: Callable[[], Any]) -> Any:
-        assert self.loop is not None
-
-        async def wrapper() -> Any:
-            return await coro_factory()
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(wrapper(), self.loop))
-
-    async def idle(self) -> None:
-        assert self.loop is not None and self.runtime is not None
-        future = asyncio.run_coroutine_threadsafe(self.runtime.queue.wait_idle(), self.loop)
-        await asyncio.wrap_future(future)
-
-    def stop(self) -> None:
-        if self.loop is not None and self._stop is not None:
-            self.loop.call_soon_threadsafe(self._stop.set)
-        self.thread.join(30)
-        assert not self.thread.is_alive(), "the operator did not stop within 30 s"
-        assert self.error is None, self.error
 
 
 @dataclasses.dataclass
@@ -245,3 +195,61 @@ async def test_the_full_sync_costs_one_listing_and_no_api_request_when_nothing_d
     assert env.status("sync-2")["phase"] == "Running"
     assert await env.operator.run(env.runtime.full_sync) == 1
     await until(lambda: env.status("sync-2").get("phase") == "Paused", what="the drift corrected")
+
+
+async def test_a_shutdown_notice_around_the_operators_own_destroy_does_not_hold_the_vm(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    # QEMU reports a destroy as SHUTDOWN (host) then STOPPED. A held SHUTDOWN waits for its STOPPED; with the
+    # wait made endless, a SHUTDOWN wrongly held for the operator's own destroy would stall the VM for good.
+    monkeypatch.setattr("libvirt_operator.handlers.vm.SHUTDOWN_TO_STOPPED", 3600.0)
+    shutdown = libvirt.VIR_DOMAIN_EVENT_SHUTDOWN
+    for name, before_destroy in (("notice-first", True), ("notice-after", False)):
+        uid = await env.create(name, runStrategy="Always")
+        await until(lambda: env.status(name).get("phase") == "Running", what="Running")  # noqa: B023
+        await env.operator.idle()
+        rt = env.runtime
+
+        async def destroy_with_notice() -> None:
+            if before_destroy:  # noqa: B023
+                rt.conn.simulate_event(uid, shutdown, libvirt.VIR_DOMAIN_EVENT_SHUTDOWN_HOST)  # noqa: B023
+            assert await rt.host.destroy_owned(uid, undefine=False)  # noqa: B023
+            if not before_destroy:  # noqa: B023
+                rt.conn.simulate_event(uid, shutdown, libvirt.VIR_DOMAIN_EVENT_SHUTDOWN_HOST)  # noqa: B023
+        await env.operator.run(destroy_with_notice)
+        # Shut off while it should run: restarted by runStrategy Always once nothing holds it.
+        status = await until(lambda: env.status(name).get("restarts") == 1 and env.status(name),  # noqa: B023
+                             what=f"{name}: the restart by policy")
+        assert status["phase"] == "Running"
+        assert env.libvirt.lookupByUUIDString(uid).isActive()
+
+
+async def test_a_spec_change_landing_during_a_pass_is_acted_on_by_the_next_one(env: Env) -> None:
+    uid = await env.create("racing")
+    await until(lambda: env.status("racing").get("phase") == "Running", what="Running")
+    await env.operator.idle()
+    rt = env.runtime
+    key = ("default", "racing")
+
+    # A pass that acts on generation 1 while the user's pause (generation 2) arrives in the middle of it.
+    async def pass_with_a_change_landing_midway() -> None:
+        rec = rt.records.get(key)
+        assert rec is not None
+        original = rt.conn.call
+
+        async def slow_call(what: str, fn: Any) -> Any:
+            if what == "domain state" and rec.acting_on is not None and rec.body is rec.acting_on:
+                changed = await rt.kube.json_patch_vm("default", "racing", [
+                    {"op": "replace", "path": "/spec/paused", "value": True}])
+                rt.records.upsert(changed)  # what the watch delivers meanwhile
+            return await original(what, fn)
+        rt.conn.call = slow_call  # type: ignore[method-assign]
+        try:
+            await rt.reconciler.reconcile(key)
+        finally:
+            rt.conn.call = original  # type: ignore[method-assign]
+        rt.queue.add(key)  # the watch event of the change, had it come after the pass
+    await env.operator.run(pass_with_a_change_landing_midway)
+    status = await until(lambda: env.status("racing").get("phase") == "Paused" and env.status("racing"),
+                         what="the pause to be applied")
+    assert status["observedGeneration"] == env.vm("racing")["metadata"]["generation"]  # type: ignore[index]
+    assert env.libvirt.lookupByUUIDString(uid).state()[0] == libvirt.VIR_DOMAIN_PAUSED

@@ -111,7 +111,7 @@ class HostReconciler:
             return False
         record = self.rt.records.by_uid(uuid)
         if record is not None:
-            record.expect("Stopped", "Undefined")
+            record.expect("Shutdown", "Stopped", "Undefined")  # a destroy is reported as Shutdown, then Stopped
         await self.rt.conn.call("destroy", lambda c: domains.destroy(c, uuid))
         if undefine:
             await self.rt.conn.call("undefine", lambda c: domains.undefine(c, uuid))

@@ -83,6 +83,7 @@ class Reconciler:
 
     async def _reconcile(self, rec: VMRecord, first_pass: bool) -> float | None:
         node = self.rt.settings.node_name
+        rec.acting_on = None
         if rec.node_name != node:
             if rec.uid:
                 await self.rt.host.clean_moved_domain(rec)
@@ -100,6 +101,9 @@ class Reconciler:
 
         if FINALIZER not in (meta.get("finalizers") or []):
             rec.body = await self.rt.kube.add_finalizer(rec.body, FINALIZER)
+        # One body for the whole pass: a spec change landing while it awaits libvirt or the API is not
+        # recorded as observed by this pass; it makes the next pass act (its watch event requeues the key).
+        rec.acting_on = rec.body
 
         held = self._absorb_events(rec)
         if held is not None:
@@ -110,7 +114,7 @@ class Reconciler:
             return None
 
         try:
-            spec = parse_spec(rec.body.get("spec") or {}, self.limits)
+            spec = parse_spec(rec.acting_on.get("spec") or {}, self.limits)
             self._check_host_capacity(spec)
         except SpecError as exc:
             await self._fail(rec, "InvalidSpec", str(exc))
@@ -138,7 +142,7 @@ class Reconciler:
                                          f"domain {status.get('domainName')} was missing on node {node}; "
                                          "defining it again from the spec")
             try:
-                await self._provision(rec, spec)
+                dom = await self._provision(rec, spec)
             except (ValueError, StorageError) as exc:  # SpecError is a ValueError
                 await self._fail(rec, "ProvisioningFailed", str(exc))
                 return None
@@ -148,16 +152,33 @@ class Reconciler:
                 await self._fail(rec, "ProvisioningFailed", f"libvirt refused the domain: {exc}")
                 return None
             first_start = True
-            dom = await self.rt.conn.call("domain state", lambda c: domains.state_of(c, rec.uid))
-            if dom is None:
-                raise HypervisorError(f"domain {rec.uid} vanished right after it was defined")
         elif status.get("phase") == Phase.FAILED.value or self._generation_moved(rec):
             # A retry or a spec change: bring the definition in line with the spec.
             if not await self._redefine_if_changed(rec, spec):
                 return None  # refused: Failed naming the field; the running guest is left as it is
             first_start = status.get("phase") == Phase.FAILED.value
 
+        if first_pass and dom.active and get_condition(status.get("conditions"), "RestartRequired") is not None:
+            # The condition outlives this process only in the status: check it against libvirt itself.
+            if await self._pending_restart(rec):
+                self.rt.restart_required[rec.uid] = True
+
         return await self._converge_power(rec, spec, dom, first_start=first_start, first_pass=first_pass)
+
+    async def _pending_restart(self, rec: VMRecord) -> bool:
+        def read(c: libvirt.virConnect) -> bool:
+            live = domains.xml_of(c, rec.uid)
+            persistent = domains.xml_of(c, rec.uid, flags=libvirt.VIR_DOMAIN_XML_INACTIVE)
+            return live is not None and persistent is not None and hardware.pending_restart(live, persistent)
+        return bool(await self.rt.conn.call("domain XML", read))
+
+    async def _act(self, rec: VMRecord, what: str, fn: Any, *expected: str) -> Any:
+        """A libvirt action whose own events are absorbed: expected from before the call (they may arrive
+        while it runs) until EXPECT_WINDOW after it returned (a start may take long on a busy host)."""
+        rec.expect(*expected)
+        result = await self.rt.conn.call(what, fn)
+        rec.expect(*expected)
+        return result
 
     # --- power ---------------------------------------------------------------------------------------
 
@@ -218,27 +239,23 @@ class Reconciler:
         elif decision.action == Action.STOP:
             return await self._begin_stop(rec, spec, dom, reason="StoppedByPolicy")
         elif decision.action == Action.PAUSE:
-            rec.expect("Suspended")
-            await self.rt.conn.call("suspend", lambda c: domains.suspend(c, rec.uid))
+            dom = await self._act(rec, "suspend", lambda c: domains.suspend(c, rec.uid), "Suspended")
             extra["lastEvent"] = self._own_event("Suspended", "Paused")
         elif decision.action == Action.RESUME:
-            rec.expect("Resumed")
-            await self.rt.conn.call("resume", lambda c: domains.resume(c, rec.uid))
+            dom = await self._act(rec, "resume", lambda c: domains.resume(c, rec.uid), "Resumed")
             extra["lastEvent"] = self._own_event("Resumed", "Unpaused")
 
-        if decision.action != Action.NONE:
-            fresh = await self.rt.conn.call("domain state", lambda c: domains.state_of(c, rec.uid))
-            if fresh is not None:
-                dom = fresh
+        if decision.action == Action.START:
+            dom = extra.pop("state")
         await self._write_status(rec, self._observed_status(rec, spec, dom, extra=extra))
         return None
 
     async def _start(self, rec: VMRecord, spec: VMSpec, *, restart: bool) -> dict[str, Any]:
         # QEMU starts paused and libvirt then reports RESUMED and STARTED; a paused start, SUSPENDED.
-        rec.expect("Started", *(("Suspended",) if spec.paused else ("Resumed",)))
         self.rt.restart_required.pop(rec.uid, None)
         try:
-            await self.rt.conn.call("start", lambda c: domains.start(c, rec.uid, paused=spec.paused))
+            state = await self._act(rec, "start", lambda c: domains.start(c, rec.uid, paused=spec.paused),
+                                    "Started", *(("Suspended",) if spec.paused else ("Resumed",)))
         except HypervisorUnavailable:
             raise
         except HypervisorError as exc:
@@ -246,7 +263,8 @@ class Reconciler:
             await self._write_status(rec, {"phase": Phase.STARTING.value, "reason": "StartFailed",
                                            "message": str(exc)})
             raise
-        extra: dict[str, Any] = {"lastEvent": self._own_event("Started", "Booted"), "startedAt": now_iso()}
+        extra: dict[str, Any] = {"lastEvent": self._own_event("Started", "Booted"), "startedAt": now_iso(),
+                                 "state": state}  # popped by the caller: the domain's state after the start
         if restart:
             extra["restarts"] = int(rec.status.get("restarts") or 0) + 1
             await self.rt.post_event(rec.body, "Normal", "RestartedByPolicy",
@@ -257,8 +275,7 @@ class Reconciler:
     async def _begin_stop(self, rec: VMRecord, spec: VMSpec | None, dom: domains.DomainState,
                           *, reason: str) -> float | None:
         rec.stop_deadline = time.monotonic() + self.rt.settings.shutdown_timeout
-        rec.expect("Shutdown", "Stopped")
-        await self.rt.conn.call("shutdown", lambda c: domains.shutdown(c, rec.uid))
+        await self._act(rec, "shutdown", lambda c: domains.shutdown(c, rec.uid), "Shutdown", "Stopped")
         if spec is not None:
             user_asked = self._generation_moved(rec)
             # Persisting Stopping lets a restarted operator retry an interrupted stop (nova: POWERING_OFF).
@@ -278,8 +295,8 @@ class Reconciler:
                 return min(STOP_POLL, max(deadline - time.monotonic(), 0.05))
             logger.info("%s/%s: guest did not shut down within %.0fs: destroying", *rec.key,
                         self.rt.settings.shutdown_timeout)
-            rec.expect("Stopped")
-            await self.rt.conn.call("destroy", lambda c: domains.destroy(c, rec.uid))
+            # A destroy is reported as a Shutdown notice (detail host) and then Stopped.
+            await self._act(rec, "destroy", lambda c: domains.destroy(c, rec.uid), "Shutdown", "Stopped")
             dom = await self.rt.conn.call("domain state", lambda c: domains.state_of(c, rec.uid))
         rec.stop_deadline = None
         if spec is not None and dom is not None:
@@ -290,7 +307,7 @@ class Reconciler:
 
     # --- provisioning ----------------------------------------------------------------------------------
 
-    async def _provision(self, rec: VMRecord, spec: VMSpec) -> None:
+    async def _provision(self, rec: VMRecord, spec: VMSpec) -> domains.DomainState:
         meta = rec.body["metadata"]
         name = domain_name(meta["namespace"], meta["name"])
         rec.provisioning_here = True
@@ -298,13 +315,14 @@ class Reconciler:
             await self._write_status(rec, {
                 "phase": Phase.PROVISIONING.value, "nodeName": self.rt.settings.node_name,
                 "domainName": name, "domainUUID": rec.uid, "reason": "Provisioning", "message": "",
-                "observedGeneration": meta.get("generation"),
+                "observedGeneration": self._acting_generation(rec),
                 "disks": [{"name": d.name, "path": str(self.rt.storage.disk_path(rec.uid, d.name))}
                           for d in spec.disks],
             })
             xml, _paths = await self._build_xml(rec, spec)
-            rec.expect("Defined")
-            await self.rt.conn.call("define", lambda c: domains.define(c, xml))
+            state: domains.DomainState = await self._act(rec, "define", lambda c: domains.define(c, xml),
+                                                         "Defined")
+            return state
         finally:
             rec.provisioning_here = False
 
@@ -312,12 +330,15 @@ class Reconciler:
         meta = rec.body["metadata"]
         await self._check_networks(spec)
         storage = self.rt.storage
-        paths = await asyncio.to_thread(storage.prepare_disks, rec.uid, spec)
         owner = Owner(namespace=meta["namespace"], name=meta["name"], uid=rec.uid, node=self.rt.settings.node_name)
-        xml = build_domain_xml(owner=owner, spec=spec, domain_type=self.rt.domain_type, disk_paths=paths,
-                               allowed_dirs=[storage.image_dir, storage.storage_dir],
-                               emulator=self.rt.emulator)
-        return xml, paths
+
+        def build() -> tuple[str, dict[str, Any]]:  # off the loop: disk creation and path resolution
+            paths = storage.prepare_disks(rec.uid, spec)
+            xml = build_domain_xml(owner=owner, spec=spec, domain_type=self.rt.domain_type, disk_paths=paths,
+                                   allowed_dirs=[storage.image_dir, storage.storage_dir],
+                                   emulator=self.rt.emulator)
+            return xml, paths
+        return await asyncio.to_thread(build)
 
     async def _check_networks(self, spec: VMSpec) -> None:
         for index, iface in enumerate(spec.interfaces):
@@ -352,12 +373,10 @@ class Reconciler:
         except (ValueError, StorageError) as exc:
             await self._fail(rec, "InvalidSpec", str(exc))
             return False
-        if hardware.fingerprint(xml) != hardware.fingerprint(current):
+        if hardware.differs(xml, current):
             logger.info("%s/%s: hardware changed: redefining the domain", *rec.key)
-            rec.expect("Defined")
-            await self.rt.conn.call("define", lambda c: domains.define(c, xml))
-            state = await self.rt.conn.call("domain state", lambda c: domains.state_of(c, rec.uid))
-            if state is not None and state.active:
+            state = await self._act(rec, "define", lambda c: domains.define(c, xml), "Defined")
+            if state.active:
                 self.rt.restart_required[rec.uid] = True
         return True
 
@@ -390,8 +409,7 @@ class Reconciler:
                     delay = await self._continue_stop(rec, None, dom)
                     if delay is not None:
                         return delay
-                rec.expect("Undefined", "Stopped")
-                await self.rt.conn.call("undefine", lambda c: domains.undefine(c, rec.uid))
+                await self._act(rec, "undefine", lambda c: domains.undefine(c, rec.uid), "Undefined", "Stopped")
         await asyncio.to_thread(self.rt.storage.remove_vm_dir, rec.uid)
         rec.stop_deadline = None
         result = await self.rt.kube.remove_finalizer(rec.body, FINALIZER)
@@ -415,7 +433,9 @@ class Reconciler:
             etype, detail = event_name(ev.event), detail_name(ev.event, ev.detail)
             if etype in ("Defined", "Undefined"):
                 continue  # definitions are reconciled from the domain itself, not reported
-            if rec.is_expected(etype):
+            if rec.is_expected(etype, ev.received):
+                if etype == "Stopped" and rec.held_stop is not None and rec.held_stop.received <= ev.received:
+                    rec.held_stop, rec.hold_until = None, 0.0  # the notice that came before our own stop
                 continue  # caused by our own action, already reflected in the status we wrote
             if etype in ("Shutdown", "Stopped") and self.rt.settings.stopped_event_delay > 0:
                 # A stop episode (QEMU's SHUTDOWN notice, then STOPPED) is held back as one: a STARTED
@@ -465,7 +485,6 @@ class Reconciler:
 
     def _observed_status(self, rec: VMRecord, spec: VMSpec, dom: domains.DomainState, *,
                          extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        meta = rec.body["metadata"]
         power = power_state(dom.state)
         reason_name = state_reason(dom.state, dom.reason)
         phase = phase_for(power)
@@ -477,7 +496,7 @@ class Reconciler:
             "nodeName": self.rt.settings.node_name,
             "domainName": dom.name,
             "domainUUID": dom.uuid,
-            "observedGeneration": meta.get("generation"),
+            "observedGeneration": self._acting_generation(rec),
         }
         if phase == Phase.PAUSED and reason_name and reason_name not in ("User", "StartingUp"):
             status["message"] = f"paused by libvirt: {reason_name}"
@@ -512,7 +531,7 @@ class Reconciler:
         logger.warning("%s/%s: Failed (%s): %s", *rec.key, reason, message)
         conditions = set_condition(rec.status.get("conditions") or [], "Ready", "False", reason, message)
         status = {"phase": Phase.FAILED.value, "reason": reason, "message": message,
-                  "observedGeneration": rec.body["metadata"].get("generation"),
+                  "observedGeneration": self._acting_generation(rec),
                   "nodeName": self.rt.settings.node_name, "conditions": conditions,
                   "observedRetry": self._retry_token(rec)}
         if rec.status.get("phase") != Phase.FAILED.value or rec.status.get("message") != message:
@@ -543,14 +562,19 @@ class Reconciler:
     # --- helpers -----------------------------------------------------------------------------------------
 
     @staticmethod
-    def _generation_moved(rec: VMRecord) -> bool:
-        generation = rec.body["metadata"].get("generation")
+    def _acting_generation(rec: VMRecord) -> Any:
+        return (rec.acting_on if rec.acting_on is not None else rec.body)["metadata"].get("generation")
+
+    @classmethod
+    def _generation_moved(cls, rec: VMRecord) -> bool:
+        generation = cls._acting_generation(rec)
         observed = rec.status.get("observedGeneration")
         return generation is not None and observed is not None and int(generation) > int(observed)
 
     @staticmethod
     def _retry_token(rec: VMRecord) -> str:
-        return str((rec.body["metadata"].get("annotations") or {}).get(RETRY_ANNOTATION, ""))
+        body = rec.acting_on if rec.acting_on is not None else rec.body
+        return str((body["metadata"].get("annotations") or {}).get(RETRY_ANNOTATION, ""))
 
     def _retry_requested(self, rec: VMRecord) -> bool:
         """A Failed VM is retried when the spec changed or the retry annotation got a new value."""

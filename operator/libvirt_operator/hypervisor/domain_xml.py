@@ -144,7 +144,9 @@ def _is_uuid(text: str) -> bool:
 
 
 def _disk_sources(spec: VMSpec, disk_paths: Mapping[str, Path], allowed_dirs: Sequence[Path]) -> dict[str, Path]:
-    """Each disk's resolved file, proven to lie inside one of ``allowed_dirs``."""
+    """Each disk's resolved file, proven to lie inside one of ``allowed_dirs``. Touches the file system."""
+    if not spec.disks:
+        return {}
     roots = [Path(d).resolve() for d in allowed_dirs]
     sources: dict[str, Path] = {}
     for disk in spec.disks:

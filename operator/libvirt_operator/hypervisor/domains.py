@@ -29,7 +29,6 @@ class DomainState:
     name: str
     state: int  # virDomainState
     reason: int
-    persistent: bool = True
 
     @property
     def active(self) -> bool:
@@ -51,12 +50,17 @@ def state_of(conn: libvirt.virConnect, uuid: str) -> DomainState | None:
     if dom is None:
         return None
     try:
-        state, reason = dom.state()
-        return DomainState(uuid, dom.name(), state, reason, bool(dom.isPersistent()))
+        return _state(dom)
     except libvirt.libvirtError as exc:
         if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             return None
         raise
+
+
+def _state(dom: libvirt.virDomain) -> DomainState:
+    # One RPC: name() and UUIDString() are held by the client-side object.
+    state, reason = dom.state()
+    return DomainState(str(dom.UUIDString()), str(dom.name()), state, reason)
 
 
 def list_states(conn: libvirt.virConnect) -> dict[str, DomainState]:
@@ -89,20 +93,24 @@ def xml_of(conn: libvirt.virConnect, uuid: str, flags: int = 0) -> str | None:
     return None if dom is None else str(dom.XMLDesc(flags))
 
 
-def define(conn: libvirt.virConnect, xml: str) -> str:
-    dom = conn.defineXML(xml)
-    return str(dom.UUIDString())
+# The actions below return the domain's state right after them, read on the same worker thread: with
+# libvirtd answering at most a few requests per connection at once (max_client_requests), a separate
+# lookup queued behind other guests' slow starts is what made creation slower than libvirt alone.
 
 
-def start(conn: libvirt.virConnect, uuid: str, *, paused: bool = False) -> None:
+def define(conn: libvirt.virConnect, xml: str) -> DomainState:
+    return _state(conn.defineXML(xml))
+
+
+def start(conn: libvirt.virConnect, uuid: str, *, paused: bool = False) -> DomainState:
     dom = _require(conn, uuid)
     try:
         dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
     except libvirt.libvirtError as exc:
         # Already running: someone (or a racing event) started it. Not an error for us.
-        if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and dom.isActive():
-            return
-        raise
+        if not (exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and dom.isActive()):
+            raise
+    return _state(dom)
 
 
 def shutdown(conn: libvirt.virConnect, uuid: str) -> None:
@@ -132,12 +140,16 @@ def destroy(conn: libvirt.virConnect, uuid: str) -> None:
         raise
 
 
-def suspend(conn: libvirt.virConnect, uuid: str) -> None:
-    _require(conn, uuid).suspend()
+def suspend(conn: libvirt.virConnect, uuid: str) -> DomainState:
+    dom = _require(conn, uuid)
+    dom.suspend()
+    return _state(dom)
 
 
-def resume(conn: libvirt.virConnect, uuid: str) -> None:
-    _require(conn, uuid).resume()
+def resume(conn: libvirt.virConnect, uuid: str) -> DomainState:
+    dom = _require(conn, uuid)
+    dom.resume()
+    return _state(dom)
 
 
 def undefine(conn: libvirt.virConnect, uuid: str) -> None:

@@ -16,7 +16,8 @@ from libvirt_operator.hypervisor.connection import LifecycleEvent
 
 Key = tuple[str, str]  # (namespace, name)
 
-# Events the operator's own actions cause are absorbed for this long after the action.
+# Events the operator's own actions cause are absorbed if they arrive within this long after the action
+# returned (a start can itself take many seconds on a busy host; the window must not run out during it).
 EXPECT_WINDOW = 15.0
 MAX_PENDING_EVENTS = 32
 
@@ -36,6 +37,9 @@ class VMRecord:
     stop_deadline: float | None = None  # graceful shutdown in progress until then, then destroy
     last_event: dict[str, str] | None = None
     event_latency_start: float | None = None  # monotonic receive time of the oldest unreflected event
+    # The body a reconciliation pass acts on, taken at its start: its generation and retry token are the
+    # ones the pass records as observed, even if the watch delivers a newer body meanwhile.
+    acting_on: dict[str, Any] | None = None
 
     @property
     def uid(self) -> str:
@@ -52,16 +56,18 @@ class VMRecord:
         return status if isinstance(status, dict) else {}
 
     def expect(self, *event_types: str) -> None:
+        """Called before an action (its events may arrive while it runs) and again once it returned."""
         until = time.monotonic() + EXPECT_WINDOW
         for name in event_types:
             self.expected[name] = until
 
-    def is_expected(self, event_type: str) -> bool:
+    def is_expected(self, event_type: str, received: float) -> bool:
+        """Whether an event that arrived at ``received`` (monotonic) was caused by our own action."""
         until = self.expected.get(event_type)
         if until is None:
             return False
         del self.expected[event_type]  # one action, one event: consumed on first match
-        return until >= time.monotonic()
+        return until >= received
 
 
 class RecordStore:

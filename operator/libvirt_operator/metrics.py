@@ -48,6 +48,9 @@ class Metrics:
         self.loop_lag_max = Gauge("libvirt_operator_event_loop_lag_max_seconds",
                                   "longest asyncio loop lag seen", registry=r)
         self.restarts = Counter("libvirt_operator_restarts_total", "guests restarted by policy", registry=r)
+        self.kopf_restarts = Counter("libvirt_operator_kopf_restarts_total",
+                                     "kopf run again in-process after a watch failed on an API answer",
+                                     registry=r)
         self.events = Counter("libvirt_operator_libvirt_events_total", "libvirt lifecycle events received",
                               ["type", "owned"], registry=r)
         self.requests: PyCounter[tuple[str, str]] = PyCounter()

@@ -110,6 +110,7 @@ class Runtime:
         self.lease: Any = None
         self.lease_lost = False
         self.on_fatal: Callable[[], None] | None = None  # asks the process to stop (set by operator_main)
+        self._stopped = False
 
     # --- readiness -----------------------------------------------------------------------------------
 
@@ -216,6 +217,10 @@ class Runtime:
                 delay = min(delay * 2, 10.0)
 
     async def stop(self, grace: float = 30.0) -> None:
+        """Idempotent: kopf's cleanup handler calls it, and so does a kopf restart (operator_main)."""
+        if self._stopped:
+            return
+        self._stopped = True
         try:
             await asyncio.wait_for(self.queue.wait_idle(), grace)
         except TimeoutError:

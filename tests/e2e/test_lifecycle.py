@@ -129,7 +129,7 @@ def test_two_operators_for_two_nodes_never_touch_each_others_vms(cluster: Cluste
 
 def test_a_hardware_change_redefines_the_domain_and_asks_for_a_restart(cluster: Cluster, host: Host,
                                                                        make_operator: Any, node_name: str) -> None:
-    make_operator(node_name)
+    operator = make_operator(node_name)
     name = unique("hw")
     cluster.apply(vm_manifest(name, node_name, memory="32Mi"))
     uid = cluster.wait_phase(name, "Running")["domainUUID"]
@@ -146,6 +146,12 @@ def test_a_hardware_change_redefines_the_domain_and_asks_for_a_restart(cluster: 
     assert dom is not None
     assert "<memory unit='KiB'>49152</memory>" in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
     assert dom.maxMemory() == 32768  # the running guest keeps its hardware until restarted
+
+    # A new operator process reads the pending change from libvirt (live vs persistent definition).
+    operator.stop()
+    operator.start()  # ready: its first pass over the VM is done
+    assert restart_required() == "True"
+    assert cluster.status(name)["phase"] == "Running"
 
     cluster.patch_spec(name, {"runStrategy": "Halted"})
     cluster.wait_phase(name, "Stopped")

@@ -120,15 +120,6 @@ def assert_only_intended(xml: str, owner: Owner, spec: VMSpec, allowed_dirs: lis
         assert (None if mac_el is None else mac_el.get("address")) == nic.mac_address
 
 
-@pytest.fixture(scope="module")
-def conn() -> Iterator[libvirt.virConnect]:
-    connection = libvirt.open("test:///default")
-    try:
-        yield connection
-    finally:
-        connection.close()
-
-
 def make_owner(**changes: str) -> Owner:
     values = {"namespace": "default", "name": "vm-1", "uid": str(uuid.uuid4()), "node": "worker-1"}
     values.update(changes)

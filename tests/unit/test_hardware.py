@@ -7,27 +7,16 @@ generated MACs that must not count as changes.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import libvirt
-import pytest
 
 from libvirt_operator.api.spec import parse_spec
 from libvirt_operator.hypervisor import hardware
 from libvirt_operator.hypervisor.domain_xml import Owner, build_domain_xml
 
 DIRS = [Path("/var/lib/libvirt-operator-test/images"), Path("/var/lib/libvirt-operator-test/disks")]
-
-
-@pytest.fixture
-def conn() -> Iterator[libvirt.virConnect]:
-    connection = libvirt.open("test:///default")
-    try:
-        yield connection
-    finally:
-        connection.close()
 
 
 def xml_for(uid: str, **spec: Any) -> str:

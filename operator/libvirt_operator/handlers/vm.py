@@ -235,7 +235,7 @@ class Reconciler:
 
         extra: dict[str, Any] = {}
         if decision.action == Action.START:
-            extra = await self._start(rec, spec, restart=decision.restart_by_policy)
+            dom, extra = await self._start(rec, spec, restart=decision.restart_by_policy)
         elif decision.action == Action.STOP:
             return await self._begin_stop(rec, spec, dom, reason="StoppedByPolicy")
         elif decision.action == Action.PAUSE:
@@ -245,12 +245,12 @@ class Reconciler:
             dom = await self._act(rec, "resume", lambda c: domains.resume(c, rec.uid), "Resumed")
             extra["lastEvent"] = self._own_event("Resumed", "Unpaused")
 
-        if decision.action == Action.START:
-            dom = extra.pop("state")
         await self._write_status(rec, self._observed_status(rec, spec, dom, extra=extra))
         return None
 
-    async def _start(self, rec: VMRecord, spec: VMSpec, *, restart: bool) -> dict[str, Any]:
+    async def _start(self, rec: VMRecord, spec: VMSpec, *,
+                     restart: bool) -> tuple[domains.DomainState, dict[str, Any]]:
+        """Starts the guest; returns its state right after and the status fields the start sets."""
         # QEMU starts paused and libvirt then reports RESUMED and STARTED; a paused start, SUSPENDED.
         self.rt.restart_required.pop(rec.uid, None)
         try:
@@ -263,14 +263,13 @@ class Reconciler:
             await self._write_status(rec, {"phase": Phase.STARTING.value, "reason": "StartFailed",
                                            "message": str(exc)})
             raise
-        extra: dict[str, Any] = {"lastEvent": self._own_event("Started", "Booted"), "startedAt": now_iso(),
-                                 "state": state}  # popped by the caller: the domain's state after the start
+        extra: dict[str, Any] = {"lastEvent": self._own_event("Started", "Booted"), "startedAt": now_iso()}
         if restart:
             extra["restarts"] = int(rec.status.get("restarts") or 0) + 1
             await self.rt.post_event(rec.body, "Normal", "RestartedByPolicy",
                                      f"guest restarted by runStrategy {spec.run_strategy}")
             self.rt.metrics.restarts.inc()
-        return extra
+        return state, extra
 
     async def _begin_stop(self, rec: VMRecord, spec: VMSpec | None, dom: domains.DomainState,
                           *, reason: str) -> float | None:

@@ -253,3 +253,89 @@ async def test_a_spec_change_landing_during_a_pass_is_acted_on_by_the_next_one(e
                          what="the pause to be applied")
     assert status["observedGeneration"] == env.vm("racing")["metadata"]["generation"]  # type: ignore[index]
     assert env.libvirt.lookupByUUIDString(uid).state()[0] == libvirt.VIR_DOMAIN_PAUSED
+
+
+class _RefusingStarts:
+    """A libvirt connection whose domains refuse to start with libvirt's own error; all else is real."""
+
+    def __init__(self, conn: libvirt.virConnect) -> None:
+        self._conn = conn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def defineXML(self, xml: str) -> Any:
+        return _RefusingDomain(self._conn.defineXML(xml))
+
+    def lookupByUUIDString(self, uuid: str) -> Any:
+        return _RefusingDomain(self._conn.lookupByUUIDString(uuid))
+
+
+class _RefusingDomain:
+    def __init__(self, dom: libvirt.virDomain) -> None:
+        self._dom = dom
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._dom, name)
+
+    def createWithFlags(self, flags: int = 0) -> None:
+        self._dom.resume()  # a shut-off domain: libvirt raises VIR_ERR_OPERATION_INVALID
+
+
+async def _count_libvirt_calls(env: Env, refuse_starts: Callable[[], bool] = lambda: False) -> list[str]:
+    """Records the operator's libvirt calls by name from now on; optionally makes starts fail."""
+    calls: list[str] = []
+
+    async def install() -> None:
+        rt = env.runtime
+        original = rt.conn.call
+
+        async def call(what: str, fn: Any) -> Any:
+            calls.append(what)
+            if refuse_starts() and what in ("define and start", "start"):
+                return await original(what, lambda c: fn(_RefusingStarts(c)))
+            return await original(what, fn)
+        rt.conn.call = call  # type: ignore[method-assign]
+    await env.operator.run(install)
+    return calls
+
+
+async def test_a_new_vm_is_defined_and_started_in_one_libvirt_call(env: Env) -> None:
+    calls = await _count_libvirt_calls(env)
+    uid = await env.create("onecall")
+    status = await until(lambda: env.status("onecall").get("phase") == "Running" and env.status("onecall"),
+                         what="Running")
+    await env.operator.idle()
+    # One lookup (is a domain already there?) and one call that defines and starts: no separate start,
+    # and no ownership check of the domain just defined (passes triggered by our own writes' watch
+    # events only look its state up).
+    assert calls[:2] == ["domain state", "define and start"]
+    assert set(calls[2:]) <= {"domain state"}, calls
+    assert status["lastEvent"]["type"] == "Started" and status["startedAt"]
+    assert env.libvirt.lookupByUUIDString(uid).state()[0] == libvirt.VIR_DOMAIN_RUNNING
+
+
+async def test_a_halted_new_vm_is_only_defined(env: Env) -> None:
+    calls = await _count_libvirt_calls(env)
+    uid = await env.create("halted", runStrategy="Halted")
+    await until(lambda: env.status("halted").get("phase") == "Stopped", what="Stopped")
+    await env.operator.idle()
+    assert "define and start" not in calls and "start" not in calls and "define" in calls
+    assert env.libvirt.lookupByUUIDString(uid).state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
+
+
+async def test_a_refused_first_start_is_recorded_retried_and_not_counted_as_a_restart(env: Env) -> None:
+    refusing = [True]
+    await _count_libvirt_calls(env, refuse_starts=lambda: refusing[0])
+    uid = await env.create("refused", runStrategy="Always")
+    status = await until(lambda: env.status("refused").get("reason") == "StartFailed" and env.status("refused"),
+                         what="the refused start to be recorded")
+    assert status["phase"] == "Starting" and "start" in status["message"]
+    assert env.libvirt.lookupByUUIDString(uid).state()[0] == libvirt.VIR_DOMAIN_SHUTOFF  # defined, kept
+    refusing[0] = False
+    status = await until(lambda: env.status("refused").get("phase") == "Running" and env.status("refused"),
+                         limit=60, what="the retried start")
+    assert not status.get("restarts") and status["startedAt"]
+    assert env.libvirt.lookupByUUIDString(uid).state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    reasons = [e.get("reason") for e in env.api.objects("", "v1", "events")]
+    assert "RestartedByPolicy" not in reasons

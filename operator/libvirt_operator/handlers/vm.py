@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import libvirt
 
@@ -136,13 +136,14 @@ class Reconciler:
             return None
 
         first_start = False
+        started: dict[str, Any] = {}
         if dom is None:
             if status.get("domainName") and status.get("phase") not in (None, Phase.PENDING.value):
                 await self.rt.post_event(rec.body, "Warning", "DomainRedefined",
                                          f"domain {status.get('domainName')} was missing on node {node}; "
                                          "defining it again from the spec")
             try:
-                dom = await self._provision(rec, spec)
+                made = await self._provision(rec, spec)
             except (ValueError, StorageError) as exc:  # SpecError is a ValueError
                 await self._fail(rec, "ProvisioningFailed", str(exc))
                 return None
@@ -151,19 +152,28 @@ class Reconciler:
             except HypervisorError as exc:  # libvirt refused the definition: permanent for this spec
                 await self._fail(rec, "ProvisioningFailed", f"libvirt refused the domain: {exc}")
                 return None
+            dom = made.state
+            rec.owner_verified = True  # defined from our XML, owner metadata included
+            if made.start_error is not None:
+                await self._start_failed(rec, made.start_error)
+            if made.started:
+                started = self._start_fields()
             first_start = True
         elif status.get("phase") == Phase.FAILED.value or self._generation_moved(rec):
             # A retry or a spec change: bring the definition in line with the spec.
             if not await self._redefine_if_changed(rec, spec):
                 return None  # refused: Failed naming the field; the running guest is left as it is
             first_start = status.get("phase") == Phase.FAILED.value
+        if self._first_start_failed(status):
+            first_start = True  # retrying a first start libvirt refused is no restart by policy
 
         if first_pass and dom.active and get_condition(status.get("conditions"), "RestartRequired") is not None:
             # The condition outlives this process only in the status: check it against libvirt itself.
             if await self._pending_restart(rec):
                 self.rt.restart_required[rec.uid] = True
 
-        return await self._converge_power(rec, spec, dom, first_start=first_start, first_pass=first_pass)
+        return await self._converge_power(rec, spec, dom, first_start=first_start, first_pass=first_pass,
+                                          started=started)
 
     async def _pending_restart(self, rec: VMRecord) -> bool:
         def read(c: libvirt.virConnect) -> bool:
@@ -183,7 +193,9 @@ class Reconciler:
     # --- power ---------------------------------------------------------------------------------------
 
     async def _converge_power(self, rec: VMRecord, spec: VMSpec, dom: domains.DomainState, *,
-                              first_start: bool, first_pass: bool) -> float | None:
+                              first_start: bool, first_pass: bool,
+                              started: Mapping[str, Any] | None = None) -> float | None:
+        """``started``: the status fields of a start made while provisioning, to be written with it."""
         status = rec.status
         observed = Observed(power_state(dom.state), state_reason(dom.state, dom.reason))
         believed_running = status.get("phase") in (Phase.RUNNING.value, Phase.PAUSED.value,
@@ -233,7 +245,7 @@ class Reconciler:
                 "reason": "NotResumedOnHostBoot", "message": status.get("message", "")}))
             return None
 
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = dict(started or {})
         if decision.action == Action.START:
             dom, extra = await self._start(rec, spec, restart=decision.restart_by_policy)
         elif decision.action == Action.STOP:
@@ -259,17 +271,28 @@ class Reconciler:
         except HypervisorUnavailable:
             raise
         except HypervisorError as exc:
-            # Persist the wish so that an interrupted start is retried (nova: POWERING_ON).
-            await self._write_status(rec, {"phase": Phase.STARTING.value, "reason": "StartFailed",
-                                           "message": str(exc)})
-            raise
-        extra: dict[str, Any] = {"lastEvent": self._own_event("Started", "Booted"), "startedAt": now_iso()}
+            await self._start_failed(rec, exc)
+        extra = self._start_fields()
         if restart:
             extra["restarts"] = int(rec.status.get("restarts") or 0) + 1
             await self.rt.post_event(rec.body, "Normal", "RestartedByPolicy",
                                      f"guest restarted by runStrategy {spec.run_strategy}")
             self.rt.metrics.restarts.inc()
         return state, extra
+
+    @staticmethod
+    def _first_start_failed(status: Mapping[str, Any]) -> bool:
+        return (status.get("phase") == Phase.STARTING.value and status.get("reason") == "StartFailed"
+                and not status.get("startedAt"))
+
+    def _start_fields(self) -> dict[str, Any]:
+        return {"lastEvent": self._own_event("Started", "Booted"), "startedAt": now_iso()}
+
+    async def _start_failed(self, rec: VMRecord, exc: HypervisorError) -> NoReturn:
+        # Persist the wish so that an interrupted start is retried (nova: POWERING_ON).
+        await self._write_status(rec, {"phase": Phase.STARTING.value, "reason": "StartFailed",
+                                       "message": str(exc)})
+        raise exc
 
     async def _begin_stop(self, rec: VMRecord, spec: VMSpec | None, dom: domains.DomainState,
                           *, reason: str) -> float | None:
@@ -306,7 +329,8 @@ class Reconciler:
 
     # --- provisioning ----------------------------------------------------------------------------------
 
-    async def _provision(self, rec: VMRecord, spec: VMSpec) -> domains.DomainState:
+    async def _provision(self, rec: VMRecord, spec: VMSpec) -> domains.Created:
+        """Defines the domain, and starts it in the same worker call when its first start is due."""
         meta = rec.body["metadata"]
         name = domain_name(meta["namespace"], meta["name"])
         rec.provisioning_here = True
@@ -319,11 +343,26 @@ class Reconciler:
                           for d in spec.disks],
             })
             xml, _paths = await self._build_xml(rec, spec)
-            state: domains.DomainState = await self._act(rec, "define", lambda c: domains.define(c, xml),
-                                                         "Defined")
-            return state
+            if not self._starts_on_creation(rec, spec):
+                state: domains.DomainState = await self._act(rec, "define", lambda c: domains.define(c, xml),
+                                                             "Defined")
+                return domains.Created(state, started=False)
+            logger.info("%s/%s: new domain, runStrategy %s: defining and starting it%s", *rec.key,
+                        spec.run_strategy, " paused" if spec.paused else "")
+            self.rt.restart_required.pop(rec.uid, None)
+            made: domains.Created = await self._act(
+                rec, "define and start", lambda c: domains.define_and_start(c, xml, paused=spec.paused),
+                "Defined", "Started", *(("Suspended",) if spec.paused else ("Resumed",)))
+            return made
         finally:
             rec.provisioning_here = False
+
+    def _starts_on_creation(self, rec: VMRecord, spec: VMSpec) -> bool:
+        """What the power policy decides for the domain about to be defined (shut off, never started)."""
+        decision = decide(run_strategy=spec.run_strategy, paused=spec.paused,
+                          observed=Observed(PowerState.SHUTOFF, "Unknown"), first_start=True,
+                          spec_changed=self._generation_moved(rec), believed_running=False)
+        return decision.action == Action.START
 
     async def _build_xml(self, rec: VMRecord, spec: VMSpec) -> tuple[str, dict[str, Any]]:
         meta = rec.body["metadata"]

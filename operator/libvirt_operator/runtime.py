@@ -60,11 +60,6 @@ def choose_domain_type(conn: libvirt.virConnect, wanted: str) -> tuple[str, str 
     raise HypervisorError(f"libvirt offers no hvm guest for {host_arch}")
 
 
-def _same_version(held: Mapping[str, Any], seen: Mapping[str, Any]) -> bool:
-    version = held.get("metadata", {}).get("resourceVersion")
-    return version is not None and version == seen.get("metadata", {}).get("resourceVersion")
-
-
 def _freeze_long_lived_objects() -> None:
     """Keep the cyclic GC's full collections short: they scan every tracked object, and the ~100k that
     exist once start-up is done (modules, kopf, the kubernetes client's models, the VMs' first bodies)
@@ -251,8 +246,8 @@ class Runtime:
             return
         previous = self.records.get(key)
         was_mine = previous is not None and previous.node_name == self.settings.node_name
-        if previous is not None and _same_version(previous.body, body):
-            return  # the echo of our own write, whose answer the record already holds: nothing new
+        if self.records.holds(body):
+            return  # the echo of our own write: nothing new
         record = self.records.upsert(dict(body))
         if record.node_name == self.settings.node_name or was_mine:
             if self._startup_done:

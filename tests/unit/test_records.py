@@ -1,11 +1,12 @@
-"""Per-VM records: which libvirt events count as caused by the operator's own actions."""
+"""Per-VM records: which libvirt events count as caused by the operator's own actions, and which watch
+events the record store already holds."""
 
 from __future__ import annotations
 
 import pytest
 
 from libvirt_operator.pipeline import records
-from libvirt_operator.pipeline.records import EXPECT_WINDOW, VMRecord
+from libvirt_operator.pipeline.records import EXPECT_WINDOW, RecordStore, VMRecord
 
 
 class Clock:
@@ -46,3 +47,19 @@ def test_an_event_arriving_after_the_window_is_not_the_operators_and_each_expect
     assert rec.is_expected("Shutdown", clock.now + 1)
     assert not rec.is_expected("Shutdown", clock.now + 2)  # a second shutdown is somebody else's
     assert not rec.is_expected("Started", clock.now)
+
+
+def _vm(version: str, phase: str = "Running") -> dict[str, object]:
+    return {"metadata": {"namespace": "default", "name": "vm", "uid": "u", "resourceVersion": version},
+            "status": {"phase": phase}}
+
+
+def test_the_store_holds_the_version_its_own_write_returned_and_nothing_else() -> None:
+    store = RecordStore()
+    assert not store.holds(_vm("7"))  # unknown VM: news
+    store.upsert(_vm("7"))  # what our status patch returned
+    assert store.holds(_vm("7"))  # its watch echo: nothing new
+    assert not store.holds(_vm("8", "Paused"))  # anybody's later change: news
+    store.upsert(_vm("6", "Stopped"))  # a stale event does not replace the newer body
+    record = store.get(("default", "vm"))
+    assert record is not None and record.body["status"] == {"phase": "Running"}

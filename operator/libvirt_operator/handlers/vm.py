@@ -318,8 +318,7 @@ class Reconciler:
             logger.info("%s/%s: guest did not shut down within %.0fs: destroying", *rec.key,
                         self.rt.settings.shutdown_timeout)
             # A destroy is reported as a Shutdown notice (detail host) and then Stopped.
-            await self._act(rec, "destroy", lambda c: domains.destroy(c, rec.uid), "Shutdown", "Stopped")
-            dom = await self.rt.conn.call("domain state", lambda c: domains.state_of(c, rec.uid))
+            dom = await self._act(rec, "destroy", lambda c: domains.destroy(c, rec.uid), "Shutdown", "Stopped")
         rec.stop_deadline = None
         if spec is not None and dom is not None:
             await self._write_status(rec, self._observed_status(

@@ -151,18 +151,24 @@ def shutdown(conn: libvirt.virConnect, uuid: str) -> None:
             raise
 
 
-def destroy(conn: libvirt.virConnect, uuid: str) -> None:
-    """Hard power-off; idempotent (nova: an already shut-off domain is fine)."""
+def destroy(conn: libvirt.virConnect, uuid: str) -> DomainState | None:
+    """Hard power-off; idempotent (nova: an already shut-off domain is fine). Returns the state after
+    it, None when the domain is gone (a transient one vanishes with its guest)."""
     dom = lookup(conn, uuid)
     if dom is None:
-        return
+        return None
     try:
         dom.destroy()
     except libvirt.libvirtError as exc:
-        if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and not dom.isActive():
-            return
         if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            return
+            return None
+        if not (exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and not dom.isActive()):
+            raise
+    try:
+        return _state(dom)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
         raise
 
 

@@ -8,7 +8,7 @@ derived again from the API (status) and libvirt (domain state), as KubeVirt's vi
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +107,16 @@ class RecordStore:
         if meta.get("uid"):
             self._by_uid[str(meta["uid"])] = key
         return record
+
+    def holds(self, body: Mapping[str, Any]) -> bool:
+        """The record already holds this very version: the watch's echo of our own write, whose answer
+        the record got from the write itself."""
+        meta = body.get("metadata", {})
+        record = self._by_key.get((str(meta.get("namespace", "")), str(meta.get("name", ""))))
+        if record is None:
+            return False
+        version = record.body.get("metadata", {}).get("resourceVersion")
+        return version is not None and version == meta.get("resourceVersion")
 
     def remove(self, key: Key) -> VMRecord | None:
         record = self._by_key.pop(key, None)

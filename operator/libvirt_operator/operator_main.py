@@ -90,7 +90,8 @@ async def run_operator(settings: Settings, *, stop_flag: asyncio.Event | None = 
 
 async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
     try:
-        await asyncio.wait_for(stop.wait(), seconds)
+        async with asyncio.timeout(seconds):
+            await stop.wait()
     except TimeoutError:
         return False
     return True

@@ -217,7 +217,8 @@ class Runtime:
             return
         self._stopped = True
         try:
-            await asyncio.wait_for(self.queue.wait_idle(), grace)
+            async with asyncio.timeout(grace):
+                await self.queue.wait_idle()
         except TimeoutError:
             logger.warning("stopping with reconciliations still in progress")
         await self.queue.stop()

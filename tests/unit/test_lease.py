@@ -295,3 +295,24 @@ async def test_holder_that_cannot_renew_before_expiry_calls_on_lost(cluster: Clu
 def _expired(spec: dict[str, Any]) -> bool:
     renewed = renewed_at(spec)
     return renewed + datetime.timedelta(seconds=spec["leaseDurationSeconds"]) < datetime.datetime.now(datetime.UTC)
+
+
+async def test_cancelling_hold_stops_it_even_when_the_cancel_lands_as_a_renewal_completes(
+        cluster: Cluster) -> None:
+    # The operator cancels hold() before release() at shutdown; a renewal that completes in the same
+    # loop turn as the cancel must not swallow it (asyncio.wait_for on Python 3.11 does).
+    alpha = cluster.contender("alpha", duration=30.0, renew_every=0.05)
+    await alpha.acquire()
+    renewals: list[float] = []
+    hold: asyncio.Task[None] | None = None
+
+    async def renewal_racing_the_cancel(_remaining: float) -> bool:
+        renewals.append(asyncio.get_running_loop().time())
+        assert hold is not None
+        hold.cancel()  # lands while this renewal completes successfully
+        return True
+    alpha._try_renew = renewal_racing_the_cancel  # type: ignore[method-assign]
+    hold = asyncio.create_task(alpha.hold(on_lost=lambda: pytest.fail("the lease was not lost")))
+    await eventually(hold.done, within=5.0, what="hold() to stop after its cancel")
+    assert hold.cancelled()
+    assert len(renewals) == 1

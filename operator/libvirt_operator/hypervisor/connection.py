@@ -152,7 +152,8 @@ class Connection:
 
     async def wait_connected(self, limit: float | None = None) -> bool:
         try:
-            await asyncio.wait_for(self._connected.wait(), limit)
+            async with asyncio.timeout(limit):
+                await self._connected.wait()
         except TimeoutError:
             return False
         return True
@@ -180,7 +181,8 @@ class Connection:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, self._run, conn, what, fn)
         try:
-            return await asyncio.wait_for(future, self._call_timeout)
+            async with asyncio.timeout(self._call_timeout):  # not wait_for: it can swallow a cancel (3.11)
+                return await future
         except TimeoutError as exc:
             raise HypervisorUnavailable(f"{what}: no answer from libvirt within {self._call_timeout:.0f}s") from exc
 

@@ -150,7 +150,10 @@ class NodeLease:
                 return
             try:
                 # The deadline bounds the call too: a hanging request must not outlive our claim.
-                still_ours = await asyncio.wait_for(self._try_renew(remaining), timeout=remaining)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for returns the call's result instead of
+                # raising when a cancel lands as the call completes, and hold() would renew forever.
+                async with asyncio.timeout(remaining):
+                    still_ours = await self._try_renew(remaining)
             except ApiException as exc:
                 if exc.status != 409:
                     logger.warning("renewing lease %s/%s: %s %s", cfg.namespace, cfg.name, exc.status, exc.reason)

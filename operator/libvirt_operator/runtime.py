@@ -247,7 +247,7 @@ class Runtime:
             return
         previous = self.records.get(key)
         was_mine = previous is not None and previous.node_name == self.settings.node_name
-        if self.records.holds(body):
+        if previous is not None and previous.holds(body):
             return  # the echo of our own write: nothing new
         record = self.records.upsert(dict(body))
         if record.node_name == self.settings.node_name or was_mine:

@@ -54,12 +54,11 @@ def _vm(version: str, phase: str = "Running") -> dict[str, object]:
             "status": {"phase": phase}}
 
 
-def test_the_store_holds_the_version_its_own_write_returned_and_nothing_else() -> None:
+def test_a_record_holds_the_version_its_own_write_returned_and_nothing_else() -> None:
     store = RecordStore()
-    assert not store.holds(_vm("7"))  # unknown VM: news
-    store.upsert(_vm("7"))  # what our status patch returned
-    assert store.holds(_vm("7"))  # its watch echo: nothing new
-    assert not store.holds(_vm("8", "Paused"))  # anybody's later change: news
+    assert store.get(("default", "vm")) is None  # unknown VM: news
+    record = store.upsert(_vm("7"))  # what our status patch returned
+    assert record.holds(_vm("7"))  # its watch echo: nothing new
+    assert not record.holds(_vm("8", "Paused"))  # anybody's later change: news
     store.upsert(_vm("6", "Stopped"))  # a stale event does not replace the newer body
-    record = store.get(("default", "vm"))
-    assert record is not None and record.body["status"] == {"phase": "Running"}
+    assert record.body["status"] == {"phase": "Running"}

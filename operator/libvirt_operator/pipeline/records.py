@@ -55,6 +55,12 @@ class VMRecord:
         status = self.body.get("status")
         return status if isinstance(status, dict) else {}
 
+    def holds(self, body: Mapping[str, Any]) -> bool:
+        """This very version is already held: the watch's echo of our own write, whose answer the record
+        got from the write itself."""
+        version = self.body.get("metadata", {}).get("resourceVersion")
+        return version is not None and version == body.get("metadata", {}).get("resourceVersion")
+
     def expect(self, *event_types: str) -> None:
         """Called before an action (its events may arrive while it runs) and again once it returned."""
         until = time.monotonic() + EXPECT_WINDOW
@@ -107,16 +113,6 @@ class RecordStore:
         if meta.get("uid"):
             self._by_uid[str(meta["uid"])] = key
         return record
-
-    def holds(self, body: Mapping[str, Any]) -> bool:
-        """The record already holds this very version: the watch's echo of our own write, whose answer
-        the record got from the write itself."""
-        meta = body.get("metadata", {})
-        record = self._by_key.get((str(meta.get("namespace", "")), str(meta.get("name", ""))))
-        if record is None:
-            return False
-        version = record.body.get("metadata", {}).get("resourceVersion")
-        return version is not None and version == meta.get("resourceVersion")
 
     def remove(self, key: Key) -> VMRecord | None:
         record = self._by_key.pop(key, None)

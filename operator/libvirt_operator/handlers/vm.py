@@ -61,6 +61,11 @@ NOTABLE: dict[tuple[str, str], tuple[str, str]] = {
 }
 
 
+def _start_events(spec: VMSpec) -> tuple[str, ...]:
+    # QEMU starts paused and libvirt then reports RESUMED and STARTED; a paused start, SUSPENDED.
+    return ("Started", "Suspended" if spec.paused else "Resumed")
+
+
 class Reconciler:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
@@ -263,11 +268,10 @@ class Reconciler:
     async def _start(self, rec: VMRecord, spec: VMSpec, *,
                      restart: bool) -> tuple[domains.DomainState, dict[str, Any]]:
         """Starts the guest; returns its state right after and the status fields the start sets."""
-        # QEMU starts paused and libvirt then reports RESUMED and STARTED; a paused start, SUSPENDED.
         self.rt.restart_required.pop(rec.uid, None)
         try:
             state = await self._act(rec, "start", lambda c: domains.start(c, rec.uid, paused=spec.paused),
-                                    "Started", *(("Suspended",) if spec.paused else ("Resumed",)))
+                                    *_start_events(spec))
         except HypervisorUnavailable:
             raise
         except HypervisorError as exc:
@@ -351,7 +355,7 @@ class Reconciler:
             self.rt.restart_required.pop(rec.uid, None)
             made: domains.Created = await self._act(
                 rec, "define and start", lambda c: domains.define_and_start(c, xml, paused=spec.paused),
-                "Defined", "Started", *(("Suspended",) if spec.paused else ("Resumed",)))
+                "Defined", *_start_events(spec))
             return made
         finally:
             rec.provisioning_here = False

@@ -312,7 +312,8 @@ async def test_cancelling_hold_stops_it_even_when_the_cancel_lands_as_a_renewal_
         hold.cancel()  # lands while this renewal completes successfully
         return True
     alpha._try_renew = renewal_racing_the_cancel  # type: ignore[method-assign]
-    hold = asyncio.create_task(alpha.hold(on_lost=lambda: pytest.fail("the lease was not lost")))
+    # Started through the fixture, so that teardown still cancels it should the cancel here be swallowed.
+    hold = cluster.start(alpha.hold(on_lost=lambda: pytest.fail("hold() reported a lease it still held as lost")))
     await eventually(hold.done, within=5.0, what="hold() to stop after its cancel")
     assert hold.cancelled()
     assert len(renewals) == 1

@@ -1,6 +1,7 @@
-"""Local mode (``libvirt-operator dev``): the API emulator, the CRD, a Node, and the operator, in one process.
+"""Local mode (``libvirt-operator dev``): the API emulator, the CRD, a Node, and the operator.
 
-The emulator is a local/test tool, not a Kubernetes API server for production (see docs/emulator.md).
+The emulator (``python -m kube_emulator``) is a local/test tool of its own, not a Kubernetes API server for
+production (see docs/emulator.md); local mode starts it as a child process and never imports it.
 pykube-ng applies the bootstrap objects (the Node, as a kubelet would register it) through the same HTTP
 API every other client uses.
 """
@@ -13,6 +14,7 @@ import dataclasses
 import logging
 import platform
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -71,21 +73,52 @@ def libvirt_answers(uri: str) -> bool:
             conn.close()
 
 
+class EmulatorProcess:
+    """``python -m kube_emulator`` as a child process; its kubeconfig is the sign that it answers."""
+
+    def __init__(self, kubeconfig: Path, port: int) -> None:
+        self.kubeconfig = kubeconfig
+        self.port = port
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self, timeout: float = 30.0) -> None:
+        self.kubeconfig.unlink(missing_ok=True)
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kube_emulator", "--kubeconfig", str(self.kubeconfig), "--port", str(self.port),
+            "--crd", str(CRD_PATH))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.kubeconfig.exists():
+            if self.proc.returncode is not None:
+                raise RuntimeError(f"the API emulator exited with {self.proc.returncode} before answering")
+            if loop.time() > deadline:
+                raise RuntimeError(f"the API emulator did not write {self.kubeconfig} within {timeout:.0f} s")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.terminate()
+        try:
+            async with asyncio.timeout(10):
+                await self.proc.wait()
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+
 async def run_dev(settings: Settings, *, kubeconfig: Path, api_only: bool, port: int = 0,
                   libvirt_uri_given: bool = False) -> None:
-    from libvirt_operator.emulator import KubeEmulator
-
-    async with KubeEmulator(port=port, crd_paths=[CRD_PATH]) as emulator:
+    # The emulator writes a private kubeconfig: FILE appears only once the Node is there too.
+    private = kubeconfig.with_name(f".{kubeconfig.name}.emulator")
+    emulator = EmulatorProcess(private, port)
+    await emulator.start()
+    try:
         if not api_only:
-            # Bootstrap through a private kubeconfig: FILE appears only once the Node is there too.
-            bootstrap = kubeconfig.with_name(f".{kubeconfig.name}.bootstrap")
-            await asyncio.to_thread(emulator.write_kubeconfig, bootstrap)
-            try:
-                await asyncio.to_thread(register_node, bootstrap, settings.node_name)
-            finally:
-                bootstrap.unlink(missing_ok=True)
-        await asyncio.to_thread(emulator.write_kubeconfig, kubeconfig)
-        logger.info("Kubernetes API emulator at %s; kubeconfig written to %s", emulator.url, kubeconfig)
+            await asyncio.to_thread(register_node, private, settings.node_name)
+        await asyncio.to_thread(_publish_kubeconfig, private, kubeconfig)
+        logger.info("Kubernetes API emulator (pid %s); kubeconfig written to %s",
+                    emulator.proc.pid if emulator.proc else "?", kubeconfig)
         if api_only:
             await _wait_for_signal()
             return
@@ -97,6 +130,16 @@ async def run_dev(settings: Settings, *, kubeconfig: Path, api_only: bool, port:
 
         await run_operator(dataclasses.replace(settings, kubeconfig=str(kubeconfig), libvirt_uri=uri),
                            health_host="127.0.0.1")
+    finally:
+        await emulator.stop()
+
+
+def _publish_kubeconfig(private: Path, public: Path) -> None:
+    """Blocking: copy atomically, so a reader never sees half a kubeconfig."""
+    tmp = public.with_name(f".{public.name}.tmp")
+    tmp.write_bytes(private.read_bytes())
+    tmp.chmod(0o600)
+    tmp.replace(public)
 
 
 async def _wait_for_signal() -> None:

@@ -27,7 +27,7 @@ import libvirt
 import pytest
 
 from libvirt_operator.api.constants import CRD_PATH, FINALIZER, GROUP, PLURAL, RETRY_ANNOTATION, VERSION
-from libvirt_operator.emulator import KubeEmulator
+from kube_emulator import KubeEmulator
 from tests.conftest import wait_for as poll
 from tests.e2e.harness import (
     Cluster,

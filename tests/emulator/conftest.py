@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import kubernetes
 import pytest
 
-from libvirt_operator.emulator import KubeEmulator
+from kube_emulator import KubeEmulator
 from tests.conftest import find_tool
 
 HERE = Path(__file__).resolve().parent

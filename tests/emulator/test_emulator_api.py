@@ -13,8 +13,8 @@ import kubernetes
 import pytest
 import yaml
 
-from libvirt_operator.emulator import KubeEmulator, serve
-from libvirt_operator.emulator.store import Store
+from kube_emulator import KubeEmulator, serve
+from kube_emulator.store import Store
 from tests.emulator.conftest import FIXTURE_CRD, GROUP, PLURAL, VERSION, gadget
 
 COLLECTION = f"/apis/{GROUP}/{VERSION}/namespaces/default/{PLURAL}"

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from libvirt_operator.emulator.jsonpath import JSONPathError, compile_path, evaluate, format_results, format_text
+from kube_emulator.jsonpath import JSONPathError, compile_path, evaluate, format_results, format_text
 
 VM: dict[str, Any] = {
     "apiVersion": "virt.libvirt-operator.dev/v1alpha1",

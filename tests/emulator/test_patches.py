@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from libvirt_operator.emulator import errors
-from libvirt_operator.emulator.patches import json_patch, merge_patch, schema_list_keys, strategic_merge
+from kube_emulator import errors
+from kube_emulator.patches import json_patch, merge_patch, schema_list_keys, strategic_merge
 
 
 @pytest.mark.parametrize(("target", "patch", "result"), [  # RFC 7386 appendix A

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from libvirt_operator.emulator.schema import (
+from kube_emulator.schema import (
     Cause,
     admit,
     apply_defaults,

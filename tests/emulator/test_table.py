@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from libvirt_operator.emulator.jsonpath import JSONPathError
-from libvirt_operator.emulator.table import (
+from kube_emulator.jsonpath import JSONPathError
+from kube_emulator.table import (
     ColumnSpec,
     column_specs_for_crd_version,
     columns_for_builtin,

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import kubernetes
 import pytest
 
-from libvirt_operator.emulator import KubeEmulator
+from kube_emulator import KubeEmulator
 from libvirt_operator.kube.lease import LeaseConfig, NodeLease, format_micro_time, parse_micro_time
 
 pytestmark = pytest.mark.timeout(30)

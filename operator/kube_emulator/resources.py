@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from libvirt_operator.emulator import errors
-from libvirt_operator.emulator.schema import Cause
+from kube_emulator import errors
+from kube_emulator.schema import Cause
 
 JSON = dict[str, Any]
 StorageKey = tuple[str, str]  # (group, plural)

@@ -17,11 +17,11 @@ import yaml
 from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
-from libvirt_operator.emulator import errors, patches, protobuf, selectors, table
-from libvirt_operator.emulator.objects import DeleteOptions, Objects, WriteOptions
-from libvirt_operator.emulator.resources import Registry, Resource
-from libvirt_operator.emulator.schema import Cause
-from libvirt_operator.emulator.watch import WatchRequest, WatchStream
+from kube_emulator import errors, patches, protobuf, selectors, table
+from kube_emulator.objects import DeleteOptions, Objects, WriteOptions
+from kube_emulator.resources import Registry, Resource
+from kube_emulator.schema import Cause
+from kube_emulator.watch import WatchRequest, WatchStream
 
 JSON = dict[str, Any]
 NAMESPACE_SUBRESOURCES = ("status", "finalize")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from libvirt_operator.emulator.jsonpath import JSONPathError, compile_path, format_text
+from kube_emulator.jsonpath import JSONPathError, compile_path, format_text
 
 __all__ = [
     "INCLUDE_METADATA",

@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from libvirt_operator.emulator import errors, meta, patches, schema
-from libvirt_operator.emulator.resources import (
+from kube_emulator import errors, meta, patches, schema
+from kube_emulator.resources import (
     CRD_KEY,
     NAMESPACES_KEY,
     Registry,
@@ -31,8 +31,8 @@ from libvirt_operator.emulator.resources import (
     default_crd,
     validate_crd,
 )
-from libvirt_operator.emulator.schema import Cause
-from libvirt_operator.emulator.store import ADDED, DELETED, MODIFIED, Store
+from kube_emulator.schema import Cause
+from kube_emulator.store import ADDED, DELETED, MODIFIED, Store
 
 JSON = dict[str, Any]
 PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")

@@ -20,7 +20,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from libvirt_operator.emulator.resources import Registry, Resource
+from kube_emulator.resources import Registry, Resource
 
 JSON = dict[str, Any]
 

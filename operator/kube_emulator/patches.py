@@ -12,8 +12,8 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from libvirt_operator.emulator import errors
-from libvirt_operator.emulator.schema import Cause
+from kube_emulator import errors
+from kube_emulator.schema import Cause
 
 JSON = dict[str, Any]
 MergeKeys = Mapping[str, str | tuple[str, ...]]

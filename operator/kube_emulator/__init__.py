@@ -5,6 +5,6 @@ CRD schemas) well enough for kopf, the official `kubernetes` client and kubectl 
 What it does and does not reproduce: docs/emulator.md.
 """
 
-from libvirt_operator.emulator.server import KubeEmulator, serve
+from kube_emulator.server import KubeEmulator, serve
 
 __all__ = ["KubeEmulator", "serve"]

@@ -20,11 +20,11 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from libvirt_operator.emulator import discovery, errors
-from libvirt_operator.emulator.handlers import ResourceHandler, error_response, json_response, parse_target, verb_of
-from libvirt_operator.emulator.objects import Objects, WriteOptions, install_crd
-from libvirt_operator.emulator.resources import NAMESPACES_KEY, Registry
-from libvirt_operator.emulator.store import Store
+from kube_emulator import discovery, errors
+from kube_emulator.handlers import ResourceHandler, error_response, json_response, parse_target, verb_of
+from kube_emulator.objects import Objects, WriteOptions, install_crd
+from kube_emulator.resources import NAMESPACES_KEY, Registry
+from kube_emulator.store import Store
 
 logger = logging.getLogger(__name__)
 JSON = dict[str, Any]

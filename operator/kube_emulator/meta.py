@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from libvirt_operator.emulator.schema import Cause
+from kube_emulator.schema import Cause
 
 JSON = dict[str, Any]
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from libvirt_operator.emulator.schema import Cause, message_for
+from kube_emulator.schema import Cause, message_for
 
 JSON = dict[str, Any]
 

@@ -14,7 +14,7 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
-from libvirt_operator.emulator import errors
+from kube_emulator import errors
 
 JSON = dict[str, Any]
 MAGIC = b"k8s\x00"

@@ -16,7 +16,7 @@ import collections
 from dataclasses import dataclass, field
 from typing import Any
 
-from libvirt_operator.emulator import errors
+from kube_emulator import errors
 
 JSON = dict[str, Any]
 StorageKey = tuple[str, str]  # (group, plural)

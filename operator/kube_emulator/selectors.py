@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from libvirt_operator.emulator import errors
+from kube_emulator import errors
 
 JSON = dict[str, Any]
 Predicate = Callable[[JSON], bool]

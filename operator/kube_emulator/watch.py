@@ -26,9 +26,9 @@ from typing import Any
 
 from aiohttp import web
 
-from libvirt_operator.emulator import errors, table
-from libvirt_operator.emulator.resources import Resource
-from libvirt_operator.emulator.store import ADDED, DELETED, MODIFIED, Event, Store, Watcher
+from kube_emulator import errors, table
+from kube_emulator.resources import Resource
+from kube_emulator.store import ADDED, DELETED, MODIFIED, Event, Store, Watcher
 
 logger = logging.getLogger(__name__)
 JSON = dict[str, Any]

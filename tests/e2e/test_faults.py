@@ -26,8 +26,8 @@ from typing import Any
 import libvirt
 import pytest
 
-from libvirt_operator.api.constants import CRD_PATH, FINALIZER, GROUP, PLURAL, RETRY_ANNOTATION, VERSION
 from kube_emulator import KubeEmulator
+from libvirt_operator.api.constants import CRD_PATH, FINALIZER, GROUP, PLURAL, RETRY_ANNOTATION, VERSION
 from tests.conftest import wait_for as poll
 from tests.e2e.harness import (
     Cluster,

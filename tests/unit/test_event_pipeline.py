@@ -15,8 +15,8 @@ from typing import Any
 import libvirt
 import pytest
 
-from libvirt_operator.api.constants import CRD_PATH, GROUP, PLURAL, VERSION
 from kube_emulator import KubeEmulator
+from libvirt_operator.api.constants import CRD_PATH, GROUP, PLURAL, VERSION
 from libvirt_operator.runtime import Runtime
 from libvirt_operator.settings import Settings
 from libvirt_operator.testing import OperatorThread

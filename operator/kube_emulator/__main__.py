@@ -1,4 +1,5 @@
-"""``python -m kube_emulator --kubeconfig FILE [--port N] [--crd PATH]...``: serve until SIGINT/SIGTERM.
+"""``python -m kube_emulator --kubeconfig FILE [--port N] [--crd PATH]... [--state-file F]``: serve until
+SIGINT/SIGTERM.
 
 Local mode starts the emulator this way, as a process of its own: the operator never imports it.
 """
@@ -12,6 +13,7 @@ import logging
 import signal
 from pathlib import Path
 
+from kube_emulator.persistence import StateFileError
 from kube_emulator.server import serve
 
 
@@ -24,16 +26,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="listen port (0: a free port)")
     parser.add_argument("--crd", type=Path, action="append", default=[],
                         help="a CRD manifest (file or directory) to register at start; repeatable")
+    parser.add_argument("--state-file", type=Path, default=None,
+                        help="keep the objects in this file: loaded at start if it exists, rewritten after "
+                             "changes and at exit (default: nothing outlives the process)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(_serve_until_signal(args))
+    try:
+        asyncio.run(_serve_until_signal(args))
+    except StateFileError as exc:
+        raise SystemExit(f"kube_emulator: {exc} (move it away to start empty)") from None
 
 
 async def _serve_until_signal(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(serve(kubeconfig=args.kubeconfig, port=args.port, crd_paths=args.crd,
-                                       host=args.host))
+                                       host=args.host, state_file=args.state_file))
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
     with contextlib.suppress(asyncio.CancelledError):

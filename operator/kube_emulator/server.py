@@ -1,6 +1,7 @@
 """`KubeEmulator`: the HTTP server, its lifecycle, test hooks (request counts, faults, going offline).
 
-A local/test tool: no authentication, no TLS, no persistence. Never expose it beyond localhost.
+A local/test tool: no authentication, no TLS. Never expose it beyond localhost. With a state file, the
+objects outlive a restart (see persistence.py).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from kube_emulator import discovery, errors
+from kube_emulator import discovery, errors, persistence
 from kube_emulator.handlers import ResourceHandler, error_response, json_response, parse_target, verb_of
 from kube_emulator.objects import Objects, WriteOptions, install_crd
-from kube_emulator.resources import NAMESPACES_KEY, Registry
+from kube_emulator.resources import CRD_KEY, NAMESPACES_KEY, Registry
 from kube_emulator.store import Store
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ class KubeEmulator:
     """An in-process Kubernetes API server for tests and local mode (see docs/emulator.md)."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, crd_paths: Sequence[Path] = (),
-                 history_limit: int = 10000, bookmark_interval: float = 5.0) -> None:
+                 history_limit: int = 10000, bookmark_interval: float = 5.0, state_file: Path | None = None,
+                 state_write_interval: float = persistence.WRITE_INTERVAL) -> None:
         self.host = host
         self.port = port
         self.crd_paths = [Path(p) for p in crd_paths]
@@ -73,6 +75,9 @@ class KubeEmulator:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._seeded = False
+        self.state_file = Path(state_file) if state_file is not None else None
+        self._state_write_interval = state_write_interval
+        self._state_writer: persistence.StateWriter | None = None
 
     # --- lifecycle ---
 
@@ -81,6 +86,11 @@ class KubeEmulator:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
+        if self.state_file is not None and self._state_writer is None:
+            if not self._seeded:
+                await self._restore(self.state_file)
+            self._state_writer = persistence.StateWriter(self.state_file, self.store, self._state_write_interval)
+            self._state_writer.start()
         if not self._seeded:
             self._seed()
         app = web.Application(client_max_size=MAX_BODY)
@@ -103,6 +113,9 @@ class KubeEmulator:
         if self._runner is not None:
             await self._runner.cleanup()
         self._runner = self._site = None
+        if self._state_writer is not None:
+            await self._state_writer.close()
+            self._state_writer = None
 
     async def __aenter__(self) -> KubeEmulator:
         await self.start()
@@ -128,6 +141,17 @@ class KubeEmulator:
         """Listen again on the same port, with the same objects."""
         if self._runner is not None and self._site is None:
             await self._listen()
+
+    async def _restore(self, path: Path) -> None:
+        saved = await asyncio.to_thread(persistence.read, path)
+        if saved is None:
+            logger.info("no state file at %s yet: starting empty", path)
+            return
+        rv, objects = saved
+        self.store.restore(rv, objects)
+        for crd in self.store.objects_of(CRD_KEY):
+            self.registry.register_crd(crd)
+        logger.info("restored %d objects from %s (resourceVersion %d)", len(objects), path, rv)
 
     def _seed(self) -> None:
         namespaces = self.registry.get("", "v1", "namespaces")
@@ -274,9 +298,10 @@ class KubeEmulator:
 
 
 async def serve(*, kubeconfig: Path, port: int = 0, crd_paths: Sequence[Path] = (), host: str = "127.0.0.1",
+                state_file: Path | None = None,
                 ready: Callable[[KubeEmulator], Awaitable[None]] | None = None) -> None:
     """Run an emulator until cancelled; the kubeconfig appears once it answers requests."""
-    async with KubeEmulator(host=host, port=port, crd_paths=crd_paths) as emulator:
+    async with KubeEmulator(host=host, port=port, crd_paths=crd_paths, state_file=state_file) as emulator:
         emulator.write_kubeconfig(kubeconfig)
         logger.info("Kubernetes API emulator listening on %s (kubeconfig %s)", emulator.url, kubeconfig)
         if ready is not None:

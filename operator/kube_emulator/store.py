@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +82,7 @@ class Store:
         self._history_limit = history_limit
         self._compacted = 0  # events at or below this resourceVersion may be gone from the history
         self._watchers: dict[StorageKey, set[Watcher]] = collections.defaultdict(set)
+        self.on_commit: list[Callable[[], None]] = []  # told after every commit (the state file's writer)
 
     @property
     def resource_version(self) -> str:
@@ -121,7 +123,19 @@ class Store:
             self._compacted = self._history.popleft().rv
         for watcher in list(self._watchers.get(key, ())):
             watcher.push(event)
+        for callback in self.on_commit:
+            callback()
         return obj
+
+    def restore(self, rv: int, objects: Iterable[tuple[StorageKey, JSON]]) -> None:
+        """Load saved objects into an empty store. The counter continues from `rv`; the history before
+        it is gone, so a watch from an older resourceVersion gets 410 Expired."""
+        if self._rv or self.keys():
+            raise RuntimeError("restore() needs an empty store")
+        for key, obj in objects:
+            meta = obj["metadata"]
+            self._objects[key][(meta.get("namespace", ""), meta["name"])] = obj
+        self._rv = self._compacted = rv
 
     def since(self, key: StorageKey, rv: int) -> list[Event]:
         """The events of `key` after `rv`; 410 Expired if some of them may have left the history."""

@@ -32,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     settings_mod.add_arguments(dev)
     dev.add_argument("--api-only", action="store_true", help="run only the API emulator (with the CRD)")
     dev.add_argument("--port", type=int, default=0, help="API emulator port (default: a free port)")
+    dev.add_argument("--state-file", type=Path, default=None,
+                     help="where the API emulator keeps its objects across restarts (default: "
+                          "<local state dir>/<node name>/api-state.json; with --api-only: nothing is kept)")
+    dev.add_argument("--fresh", action="store_true",
+                     help="start with an empty API (the previous state file is kept as *.previous); the operator "
+                          "then removes the guests of the node's old VMs as orphans")
     return parser
 
 
@@ -59,11 +65,16 @@ def main(argv: list[str] | None = None) -> int:
         uri_given = args.libvirt_uri is not None or bool(os.environ.get(settings_mod.env_name_for("libvirt_uri")))
         settings = settings_mod.from_namespace(args, local_mode=True)
         _setup_logging(settings.log_level)
-        from libvirt_operator.local import run_dev
+        from libvirt_operator import local
 
+        try:
+            node_dir = local.node_state_dir(settings.node_name)
+        except ValueError as exc:
+            raise SystemExit(f"dev: {exc}") from None
+        state_file = args.state_file or (None if args.api_only else node_dir / local.STATE_FILE_NAME)
         kubeconfig = Path(os.path.abspath(settings.kubeconfig or ""))
-        asyncio.run(run_dev(settings, kubeconfig=kubeconfig, api_only=args.api_only, port=args.port,
-                            libvirt_uri_given=uri_given))
+        asyncio.run(local.run_dev(settings, kubeconfig=kubeconfig, api_only=args.api_only, port=args.port,
+                                  libvirt_uri_given=uri_given, state_file=state_file, fresh=args.fresh))
         return 0
     return 2
 

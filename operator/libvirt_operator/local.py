@@ -4,6 +4,10 @@ The emulator (``python -m kube_emulator``) is a local/test tool of its own, not 
 production (see docs/emulator.md); local mode starts it as a child process and never imports it.
 pykube-ng applies the bootstrap objects (the Node, as a kubelet would register it) through the same HTTP
 API every other client uses.
+
+The emulator keeps its objects in a state file (``<state dir>/<node>/api-state.json``): a restarted local
+mode finds its VirtualMachines again, so the operator adopts their running guests instead of destroying
+them as orphans.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import platform
+import re
 import signal
 import sys
 from pathlib import Path
@@ -22,9 +27,19 @@ import libvirt
 
 from libvirt_operator import __version__
 from libvirt_operator.api.constants import CRD_PATH
-from libvirt_operator.settings import Settings
+from libvirt_operator.api.spec import DNS1123_SUBDOMAIN
+from libvirt_operator.settings import Settings, _state_dir
 
 logger = logging.getLogger(__name__)
+STATE_FILE_NAME = "api-state.json"
+EMULATOR_START_TIMEOUT = 30.0
+
+
+def node_state_dir(node_name: str) -> Path:
+    """Local mode's own directory for one node: two local modes with different --node-name share nothing."""
+    if len(node_name) > 253 or not re.fullmatch(DNS1123_SUBDOMAIN, node_name):
+        raise ValueError(f"node name {node_name!r} is not a DNS-1123 subdomain")
+    return _state_dir() / node_name
 
 
 def node_manifest(name: str) -> dict[str, Any]:
@@ -76,24 +91,29 @@ def libvirt_answers(uri: str) -> bool:
 class EmulatorProcess:
     """``python -m kube_emulator`` as a child process; its kubeconfig is the sign that it answers."""
 
-    def __init__(self, kubeconfig: Path, port: int) -> None:
+    def __init__(self, kubeconfig: Path, port: int, state_file: Path | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.port = port
+        self.state_file = state_file
         self.proc: asyncio.subprocess.Process | None = None
 
-    async def start(self, timeout: float = 30.0) -> None:
+    async def start(self) -> None:
         self.kubeconfig.unlink(missing_ok=True)
+        state = ["--state-file", str(self.state_file)] if self.state_file is not None else []
+        # A session of its own: Ctrl-C in the terminal reaches only local mode, which stops the operator
+        # first (it releases its Lease) and the emulator last, so that the state file has the final word.
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "kube_emulator", "--kubeconfig", str(self.kubeconfig), "--port", str(self.port),
-            "--crd", str(CRD_PATH))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not self.kubeconfig.exists():
-            if self.proc.returncode is not None:
-                raise RuntimeError(f"the API emulator exited with {self.proc.returncode} before answering")
-            if loop.time() > deadline:
-                raise RuntimeError(f"the API emulator did not write {self.kubeconfig} within {timeout:.0f} s")
-            await asyncio.sleep(0.05)
+            "--crd", str(CRD_PATH), *state, start_new_session=True)
+        try:
+            async with asyncio.timeout(EMULATOR_START_TIMEOUT):
+                while not self.kubeconfig.exists():
+                    if self.proc.returncode is not None:
+                        raise RuntimeError(f"the API emulator exited with {self.proc.returncode} before answering")
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise RuntimeError(f"the API emulator did not write {self.kubeconfig} within "
+                               f"{EMULATOR_START_TIMEOUT:.0f} s") from None
 
     async def stop(self) -> None:
         if self.proc is None or self.proc.returncode is not None:
@@ -107,11 +127,24 @@ class EmulatorProcess:
             await self.proc.wait()
 
 
+def set_aside(state_file: Path) -> Path | None:
+    """``--fresh``: keep the previous state next to the file (one generation) rather than delete it."""
+    if not state_file.exists():
+        return None
+    previous = state_file.with_name(state_file.name + ".previous")
+    state_file.replace(previous)
+    return previous
+
+
 async def run_dev(settings: Settings, *, kubeconfig: Path, api_only: bool, port: int = 0,
-                  libvirt_uri_given: bool = False) -> None:
+                  libvirt_uri_given: bool = False, state_file: Path | None = None, fresh: bool = False) -> None:
+    if state_file is not None and fresh:
+        previous = set_aside(state_file)
+        if previous is not None:
+            logger.warning("--fresh: starting with an empty API; the previous state is kept in %s", previous)
     # The emulator writes a private kubeconfig: FILE appears only once the Node is there too.
     private = kubeconfig.with_name(f".{kubeconfig.name}.emulator")
-    emulator = EmulatorProcess(private, port)
+    emulator = EmulatorProcess(private, port, state_file)
     await emulator.start()
     try:
         if not api_only:
@@ -119,6 +152,10 @@ async def run_dev(settings: Settings, *, kubeconfig: Path, api_only: bool, port:
         await asyncio.to_thread(_publish_kubeconfig, private, kubeconfig)
         logger.info("Kubernetes API emulator (pid %s); kubeconfig written to %s",
                     emulator.proc.pid if emulator.proc else "?", kubeconfig)
+        if state_file is not None:
+            logger.info("API objects are kept in %s across restarts (--fresh starts empty)", state_file)
+        else:
+            logger.info("API objects are not kept: they go with this process (no --state-file)")
         if api_only:
             await _wait_for_signal()
             return

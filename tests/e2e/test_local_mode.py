@@ -16,7 +16,8 @@ def test_local_mode_registers_a_node_and_runs_a_vm_then_stops_cleanly(tmp_path: 
     log = tmp_path / "dev.log"
     args = [*OPERATOR, "dev", "--kubeconfig", str(kubeconfig), "--libvirt-uri", "test:///default",
             "--node-name", "local-node", "--health-port", str(free_port()), "--metrics-port", str(free_port()),
-            "--storage-dir", str(state / "disks"), "--image-dir", str(state / "images")]
+            "--storage-dir", str(state / "disks"), "--image-dir", str(state / "images"),
+            "--state-file", str(state / "api-state.json")]
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
     try:

@@ -71,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
             node_dir = local.node_state_dir(settings.node_name)
         except ValueError as exc:
             raise SystemExit(f"dev: {exc}") from None
+        # Each node's images and disks under its own directory, unless given (flag or environment).
+        given = {name for name in ("image_dir", "storage_dir")
+                 if getattr(args, name) is not None or os.environ.get(settings_mod.env_name_for(name))}
+        settings = settings_mod.replace(settings, **{name: node_dir / sub for name, sub in
+                                                     (("image_dir", "images"), ("storage_dir", "disks"))
+                                                     if name not in given})
         state_file = args.state_file or (None if args.api_only else node_dir / local.STATE_FILE_NAME)
         kubeconfig = Path(os.path.abspath(settings.kubeconfig or ""))
         asyncio.run(local.run_dev(settings, kubeconfig=kubeconfig, api_only=args.api_only, port=args.port,

@@ -72,6 +72,15 @@ def register_node(kubeconfig: Path, name: str) -> None:
         logger.info("registered node %s", name)
 
 
+def cluster_identity(kubeconfig: Path) -> str:
+    """Blocking: the uid of namespace kube-system, which lives as long as its API's objects do (with the
+    state file, across restarts), so that shared-storage detection can tell another API's nodes apart."""
+    import pykube
+
+    api = pykube.HTTPClient(pykube.KubeConfig.from_file(str(kubeconfig)))
+    return str(pykube.Namespace.objects(api).get(name="kube-system").obj["metadata"]["uid"])
+
+
 def libvirt_answers(uri: str) -> bool:
     """Blocking: whether a libvirtd answers at ``uri`` (local mode falls back to test:///default)."""
     try:
@@ -164,9 +173,15 @@ async def run_dev(settings: Settings, *, kubeconfig: Path, api_only: bool, port:
             logger.warning("no libvirtd answers at %s: using test:///default (an in-memory hypervisor)", uri)
             uri = "test:///default"
         from libvirt_operator.operator_main import run_operator
+        from libvirt_operator.runtime import Runtime
+
+        cluster = await asyncio.to_thread(cluster_identity, private)
+
+        def identify(runtime: Runtime) -> None:  # before its start-up, which leaves the node's marker
+            runtime.storage.cluster = cluster
 
         await run_operator(dataclasses.replace(settings, kubeconfig=str(kubeconfig), libvirt_uri=uri),
-                           health_host="127.0.0.1")
+                           health_host="127.0.0.1", on_runtime=identify)
     finally:
         await emulator.stop()
 

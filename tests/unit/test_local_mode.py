@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from libvirt_operator import cli, local
+from tests.emulator.conftest import EmulatorThread
 
 
 @pytest.fixture
@@ -38,6 +39,34 @@ def test_dev_keeps_the_api_state_in_the_node_directory(run_dev_calls: list[dict[
     assert cli.main(["dev", "--kubeconfig", str(tmp_path / "kc"), "--node-name", "node-x"]) == 0
     assert run_dev_calls[0]["state_file"] == local.node_state_dir("node-x") / "api-state.json"
     assert run_dev_calls[0]["fresh"] is False
+
+
+def test_dev_puts_images_and_disks_under_the_node_directory_unless_given(
+        run_dev_calls: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LIBVIRT_OPERATOR_IMAGE_DIR", raising=False)
+    monkeypatch.delenv("LIBVIRT_OPERATOR_STORAGE_DIR", raising=False)
+    cli.main(["dev", "--kubeconfig", str(tmp_path / "kc"), "--node-name", "node-x"])
+    monkeypatch.setenv("LIBVIRT_OPERATOR_STORAGE_DIR", str(tmp_path / "env-disks"))
+    cli.main(["dev", "--kubeconfig", str(tmp_path / "kc"), "--node-name", "node-y", "--image-dir",
+              str(tmp_path / "flag-images")])
+    first, second = (c["settings"] for c in run_dev_calls)
+    node_x = local.node_state_dir("node-x")
+    assert (first.image_dir, first.storage_dir) == (node_x / "images", node_x / "disks")
+    assert (second.image_dir, second.storage_dir) == (tmp_path / "flag-images", tmp_path / "env-disks")
+
+
+def test_cluster_identity_names_one_api_and_survives_its_restart(tmp_path: Path) -> None:
+    def identity_of(state_file: Path | None) -> str:
+        server = EmulatorThread(state_file=state_file)
+        try:
+            server.call(server.emulator.write_kubeconfig, tmp_path / "kubeconfig")
+            return local.cluster_identity(tmp_path / "kubeconfig")
+        finally:
+            server.close()
+
+    kept = identity_of(tmp_path / "api-state.json")
+    assert identity_of(tmp_path / "api-state.json") == kept
+    assert identity_of(None) != kept
 
 
 def test_dev_api_only_keeps_nothing_unless_given_a_state_file(run_dev_calls: list[dict[str, Any]],

@@ -312,6 +312,25 @@ def test_auto_detects_other_nodes_markers(tmp_path: Path) -> None:
     assert files_in(tmp_path / "shared" / ".nodes") == ["node-a", "node-b"]
 
 
+def test_auto_never_counts_a_node_of_another_api(tmp_path: Path) -> None:
+    mine = Storage(tmp_path / "images", tmp_path / "disks", cluster="uid-of-api-1")
+    other_api = Storage(tmp_path / "images", tmp_path / "disks", cluster="uid-of-api-2")
+    mine.mark_node("node-a")
+    other_api.mark_node("node-b")
+    assert mine.is_shared("node-a", "auto") is False
+    assert other_api.is_shared("node-b", "auto") is False
+    Storage(tmp_path / "images", tmp_path / "disks", cluster="uid-of-api-1").mark_node("node-c")
+    assert mine.is_shared("node-a", "auto") is True
+
+
+def test_auto_counts_markers_whose_api_is_unknown(tmp_path: Path) -> None:
+    """Markers of older operators (no API identity) count: taking storage for shared only keeps disks."""
+    Storage(tmp_path / "images", tmp_path / "disks").mark_node("node-old")
+    assert Storage(tmp_path / "images", tmp_path / "disks", cluster="uid-1").is_shared("node-a", "auto") is True
+    Storage(tmp_path / "images", tmp_path / "other", cluster="uid-2").mark_node("node-b")
+    assert Storage(tmp_path / "images", tmp_path / "other").is_shared("node-a", "auto") is True
+
+
 def test_bad_settings_and_node_names_are_refused(storage: Storage) -> None:
     with pytest.raises(ValueError):
         storage.is_shared("node-a", "maybe")

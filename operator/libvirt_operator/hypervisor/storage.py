@@ -3,7 +3,8 @@
 All functions block (they run ``qemu-img``); callers run them in a thread. Layout::
 
     <storage_dir>/<metadata.uid>/<disk name>.qcow2     one directory per VM, removed as a whole
-    <storage_dir>/.nodes/<node name>                  markers for shared-storage detection
+    <storage_dir>/.nodes/<node name>                  markers for shared-storage detection (node name,
+                                                      then the identity of the node's API, if known)
 
 A disk appears under its final name only once complete (created under a hidden temporary name, then
 renamed), so a crash mid-creation never leaves a half-made disk that a later run would trust.
@@ -55,7 +56,10 @@ class ImageInfo:
 
 
 class Storage:
-    def __init__(self, image_dir: Path, storage_dir: Path) -> None:
+    def __init__(self, image_dir: Path, storage_dir: Path, *, cluster: str | None = None) -> None:
+        """``cluster`` identifies the node's API (cluster); shared-storage detection counts only the
+        markers of nodes of the same one, so that two API servers on one machine never see each other."""
+        self.cluster = cluster
         Path(image_dir).mkdir(parents=True, exist_ok=True)
         Path(storage_dir).mkdir(parents=True, exist_ok=True)
         # Resolved once, so every path handed out is absolute and symlink-free (the XML builder checks
@@ -240,7 +244,7 @@ class Storage:
         path.parent.mkdir(exist_ok=True)
         temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{_TEMP_SUFFIX}")
         try:
-            temp.write_text(node_name + "\n")
+            temp.write_text(node_name + "\n" + (f"{self.cluster}\n" if self.cluster else ""))
             os.replace(temp, path)
         finally:
             temp.unlink(missing_ok=True)
@@ -250,6 +254,8 @@ class Storage:
 
         Detection is nova's trick: each node leaves a marker; seeing another node's marker means the
         directory is shared. A node that has not started yet is not seen, so "auto" errs on "not shared".
+        A marker of another API's node is not counted; one whose API is unknown (older markers, or this
+        node's own API unknown) is, since believing storage shared only keeps disks.
         """
         choice = setting.strip().lower()
         if choice in ("true", "false"):
@@ -261,7 +267,16 @@ class Storage:
             names = os.listdir(self.storage_dir / NODES_DIR)
         except (FileNotFoundError, NotADirectoryError):
             return False
-        return any(name != own and _NODE.fullmatch(name) for name in names)
+        return any(name != own and _NODE.fullmatch(name) and self._same_cluster(name) for name in names)
+
+    def _same_cluster(self, marker_name: str) -> bool:
+        if not self.cluster:
+            return True
+        try:
+            lines = (self.storage_dir / NODES_DIR / marker_name).read_text().splitlines()
+        except OSError:
+            return True  # there, but unreadable: count it
+        return len(lines) < 2 or not lines[1] or lines[1] == self.cluster
 
     def _marker(self, node_name: str) -> Path:
         if not isinstance(node_name, str) or len(node_name) > 253 or not _NODE.fullmatch(node_name):

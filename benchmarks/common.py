@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
-from tests.e2e.harness import libvirtd_answers
 
 from libvirt_operator.api.constants import GROUP, PLURAL, VERSION
+from testbed import libvirtd_answers
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")

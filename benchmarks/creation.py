@@ -23,7 +23,6 @@ from typing import Any
 
 import aiohttp
 import libvirt
-from tests.e2e.harness import ApiServer, Host, OperatorProcess, vm_manifest
 
 from benchmarks.common import (
     OPERATOR_FLAGS,
@@ -37,6 +36,8 @@ from benchmarks.common import (
     settle,
     vm_writes,
 )
+from testbed import EmulatorApi as ApiServer
+from testbed import Host, OperatorProcess, vm_manifest
 
 LIBVIRT_WORKERS = 16  # the operator's default --workers, which also sizes its libvirt call pool
 

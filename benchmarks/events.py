@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import libvirt
-from tests.e2e.harness import ApiServer
 
 from benchmarks.common import vm_writes, wait_until
 from benchmarks.inprocess import OperatorThread
+from testbed import EmulatorApi as ApiServer
 
 SUSPENDED, RESUMED = libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_RESUMED
 

@@ -12,8 +12,6 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from tests.e2e.harness import ApiServer, OperatorProcess, vm_manifest
-
 from benchmarks.common import (
     OPERATOR_FLAGS,
     create_vms,
@@ -26,6 +24,8 @@ from benchmarks.common import (
     vm_writes,
     wait_until,
 )
+from testbed import EmulatorApi as ApiServer
+from testbed import OperatorProcess, vm_manifest
 
 
 @dataclass

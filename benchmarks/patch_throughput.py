@@ -14,11 +14,12 @@ import sys
 import time
 
 import aiohttp
-from tests.e2e.harness import ApiServer, vm_manifest
 
 from benchmarks.common import create_vms, scratch_dir
 from libvirt_operator.api.constants import GROUP, PLURAL, VERSION
 from libvirt_operator.kube.client import KubeClient, load_api_client
+from testbed import EmulatorApi as ApiServer
+from testbed import vm_manifest
 
 
 async def _kube_client(api: ApiServer, names: list[str], workers: int) -> float:

@@ -13,11 +13,11 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from tests.e2e.harness import ApiServer, vm_manifest
-
 from benchmarks.common import create_vms, register_node, scratch_dir, vm_writes, wait_until
 from benchmarks.events import EventResult, burst
 from benchmarks.inprocess import OperatorThread, open_test_driver, remove_test_domains, test_settings
+from testbed import EmulatorApi as ApiServer
+from testbed import vm_manifest
 
 
 @dataclass

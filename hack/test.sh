@@ -22,8 +22,17 @@ check() {  # check NAME COMMAND...
     return 0
 }
 
-check ruff .venv/bin/ruff check operator tests
+check ruff .venv/bin/ruff check operator tests benchmarks
 check mypy .venv/bin/mypy
+
+# The real control plane the end-to-end and Helm tests run on (built once per machine, then seconds).
+# LVO_API=emulator runs them on the API emulator instead, without it.
+if [ "${LVO_API:-real}" = real ]; then
+    echo "== control plane (hack/cluster.sh up)"
+    started=$SECONDS
+    bash hack/cluster.sh up || exit $?
+    echo "== control plane ready in $((SECONDS - started)) s"
+fi
 
 # Default to the whole suite unless a test path was given.
 paths=(tests)

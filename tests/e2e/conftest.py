@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import ApiServer, Cluster, Host, OperatorProcess, libvirtd_answers
+from tests.e2e.harness import Api, Cluster, ControlPlane, EmulatorApi, Host, OperatorProcess, RealApi, libvirtd_answers
 
 # Every operator a test session starts gets a node name with this prefix, so that clean-up can find
 # (and only find) the domains this session created.
@@ -47,16 +47,31 @@ def node_name() -> str:
     return f"{NODE_PREFIX}-{uuid.uuid4().hex[:4]}"
 
 
+API_KIND = os.environ.get("LVO_API", "real")
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> ControlPlane:
+    """The real control plane (hack/cluster.sh up: built once per machine), left running for the next run."""
+    if API_KIND != "real":
+        pytest.skip(f"LVO_API={API_KIND}: this test needs the real control plane")
+    return ControlPlane().up()
+
+
 @pytest.fixture
-def api(tmp_path: Path, host: Host) -> Iterator[ApiServer]:
-    server = ApiServer(tmp_path)
+def api(tmp_path: Path, host: Host, request: pytest.FixtureRequest) -> Iterator[Api]:
+    server: Api
+    if API_KIND == "real":
+        server = RealApi(tmp_path, request.getfixturevalue("control_plane"))
+    else:
+        server = EmulatorApi(tmp_path)
     server.start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def cluster(api: ApiServer, kubectl_bin: str) -> Iterator[Cluster]:
+def cluster(api: Api, kubectl_bin: str) -> Iterator[Cluster]:
     c = Cluster(api, kubectl_bin)
     yield c
     c.close()
@@ -75,7 +90,7 @@ def dirs() -> Iterator[tuple[Path, Path]]:
 
 
 @pytest.fixture
-def make_operator(api: ApiServer, dirs: tuple[Path, Path], host: Host,
+def make_operator(api: Api, dirs: tuple[Path, Path], host: Host,
                   request: pytest.FixtureRequest) -> Iterator[object]:
     started: list[OperatorProcess] = []
 

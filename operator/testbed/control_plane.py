@@ -1,0 +1,204 @@
+"""The real Kubernetes control plane of `hack/cluster.sh`, and the operator's identity on it.
+
+`ControlPlane` (one per test session or benchmark run) starts the cluster, installs the CRD, and renders
+the chart's own ServiceAccount and RBAC with Helm; the operator then authenticates with a token of that
+ServiceAccount (`kubectl create token`), so the chart's ClusterRole is what allows or refuses its requests.
+
+`RealApi` (one per test) is a `clients.Api` on it: the operator reaches the API server through a
+`FaultProxy` of its own, and its requests are counted from the API server's audit log, by user name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from testbed.faultproxy import FaultProxy
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "deploy" / "helm" / "libvirt-operator"
+CRDS = REPO / "deploy" / "crds"
+# A release of its own, so that tests which `helm install` the chart (release "lvo") never collide with it.
+IDENTITY_RELEASE = "lvo-e2e"
+IDENTITY_NAMESPACE = "lvo-e2e"
+IDENTITY_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+
+
+def _tool(name: str) -> str:
+    local = REPO / ".venv" / "bin" / name
+    return str(local) if local.exists() else name
+
+
+class ControlPlane:
+    def __init__(self, state_dir: Path | None = None) -> None:
+        self.state = state_dir or Path(os.environ.get("LVO_CLUSTER_DIR", REPO / ".local" / "cluster"))
+        self.admin_kubeconfig = self.state / "kubeconfig"
+        self.ca_file = self.state / "pki" / "ca.crt"
+        self.audit_log = self.state / "logs" / "audit.log"
+        self.port = int(os.environ.get("LVO_APISERVER_PORT", "16443"))
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.namespace = IDENTITY_NAMESPACE
+        self.service_account = ""
+        self._token = ""
+
+    # --- the cluster ---------------------------------------------------------------------------------
+
+    def cluster_sh(self, *args: str, timeout: float = 3600) -> str:
+        done = subprocess.run(["bash", str(REPO / "hack" / "cluster.sh"), *args], capture_output=True, text=True,
+                              timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"hack/cluster.sh {' '.join(args)} failed ({done.returncode}):\n"
+                               f"{done.stderr[-4000:]}{done.stdout[-2000:]}")
+        return done.stdout
+
+    def up(self) -> ControlPlane:
+        self.cluster_sh("up")
+        self.install()
+        return self
+
+    def kubectl(self, *args: str, input_text: str | None = None, check: bool = True) -> str:
+        done = subprocess.run([_tool("kubectl"), "--kubeconfig", str(self.admin_kubeconfig), *args],
+                              input=input_text, capture_output=True, text=True, timeout=120)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed ({done.returncode}): {done.stderr}{done.stdout}")
+        return done.stdout
+
+    def install(self) -> None:
+        """The CRD, and the chart's ServiceAccount and RBAC as `helm template` renders them."""
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
+        for crd in CRDS.glob("*.yaml"):
+            name = yaml.safe_load(crd.read_text())["metadata"]["name"]
+            self.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
+        rendered = subprocess.run([_tool("helm"), "template", IDENTITY_RELEASE, str(CHART), "--namespace",
+                                   self.namespace], capture_output=True, text=True, timeout=120, check=True).stdout
+        docs = [d for d in yaml.safe_load_all(rendered) if d and d.get("kind") in IDENTITY_KINDS]
+        accounts = [d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"]
+        assert len(accounts) == 1, f"the chart renders {len(accounts)} ServiceAccounts"
+        self.service_account = accounts[0]
+        if self.kubectl("get", "namespace", self.namespace, "--ignore-not-found", "-o", "name") == "":
+            self.kubectl("create", "namespace", self.namespace)
+        self.kubectl("apply", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+
+    @property
+    def user(self) -> str:
+        """The operator's user name as the API server sees it (RBAC, audit log)."""
+        return f"system:serviceaccount:{self.namespace}:{self.service_account}"
+
+    def token(self) -> str:
+        if not self._token:
+            self._token = self.kubectl("create", "token", self.service_account, "-n", self.namespace,
+                                       "--duration=24h").strip()
+        return self._token
+
+    def can_i(self, verb: str, resource: str, *, namespace: str | None = None) -> bool:
+        args = ["auth", "can-i", verb, resource, f"--as={self.user}"]
+        args += ["-n", namespace] if namespace else ["--all-namespaces"]
+        return self.kubectl(*args, check=False).strip() == "yes"
+
+    def operator_kubeconfig(self, path: Path, server: str) -> Path:
+        """A kubeconfig of the operator's ServiceAccount token (the proxy speaks plain HTTP on loopback)."""
+        config = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "operator",
+            "clusters": [{"name": "local", "cluster": {"server": server}}],
+            "users": [{"name": "operator", "user": {"token": self.token()}}],
+            "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
+        }
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return path
+
+    def audit_offset(self) -> int:
+        try:
+            return self.audit_log.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def requests_since(self, offset: int, user: str | None = None) -> Counter[tuple[str, str]]:
+        """Requests per (verb, resource[/subresource]) of one user, from the audit log after ``offset``."""
+        user = user or self.user
+        seen: dict[str, tuple[str, str]] = {}
+        with open(self.audit_log, "rb") as log:
+            log.seek(offset)
+            for line in log:
+                if not line.endswith(b"\n"):
+                    break  # an entry still being written
+                try:
+                    entry: dict[str, Any] = json.loads(line)
+                except ValueError:
+                    continue
+                if (entry.get("user") or {}).get("username") != user:
+                    continue
+                ref = entry.get("objectRef") or {}
+                if not ref.get("resource"):
+                    continue
+                resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+                seen[str(entry.get("auditID"))] = (str(entry.get("verb")), resource)
+        return Counter(seen.values())
+
+    def stop_apiserver(self) -> None:
+        """The API server offline: its process stopped (etcd keeps the data)."""
+        self.cluster_sh("stop", "kube-apiserver")
+
+    def start_apiserver(self) -> None:
+        self.cluster_sh("up")
+
+    def purge_vms(self) -> None:
+        """Every VirtualMachine removed, finalizers and all: the next test starts from an empty API."""
+        listed = json.loads(self.kubectl("get", "lvm", "-A", "-o", "json"))
+        for vm in listed.get("items") or []:
+            meta = vm["metadata"]
+            args = ["-n", meta["namespace"], f"virtualmachines.virt.libvirt-operator.dev/{meta['name']}"]
+            if meta.get("finalizers"):
+                self.kubectl("patch", *args, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
+            self.kubectl("delete", *args, "--wait=false", "--ignore-not-found", check=False)
+
+
+class RealApi:
+    """One test's view of the real control plane (a `clients.Api`)."""
+
+    kind = "real"
+
+    def __init__(self, workdir: Path, plane: ControlPlane) -> None:
+        self.workdir = workdir
+        self.plane = plane
+        self.admin_kubeconfig = plane.admin_kubeconfig
+        self.kubeconfig = workdir / "operator.kubeconfig"
+        self.proxy = FaultProxy(plane.url, str(plane.ca_file))
+        self.port = 0
+        self._offset = 0
+
+    def start(self) -> None:
+        self.proxy.start()
+        self.port = self.proxy.port
+        self.plane.operator_kubeconfig(self.kubeconfig, f"http://127.0.0.1:{self.port}")
+        self._offset = self.plane.audit_offset()
+
+    def operator_env(self) -> dict[str, str]:
+        # The chart gives the operator's pod its namespace through the downward API; its Leases live there.
+        return {"POD_NAMESPACE": self.plane.namespace}
+
+    def requests(self) -> dict[tuple[str, str], int]:
+        return dict(self.plane.requests_since(self._offset))
+
+    def reset_counts(self) -> None:
+        self._offset = self.plane.audit_offset()
+
+    def inject_fault(self, *, status: int, verb: str | None = None, resource: str | None = None,
+                     count: int = 1) -> None:
+        self.proxy.inject_fault(status=status, verb=verb, resource=resource, count=count)
+
+    def freeze(self) -> None:
+        self.proxy.freeze()
+
+    def thaw(self) -> None:
+        self.proxy.thaw()
+
+    def stop(self) -> None:
+        self.proxy.stop()
+        self.plane.purge_vms()

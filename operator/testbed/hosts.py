@@ -1,0 +1,103 @@
+"""libvirt as a test sees it: assertions and out-of-band actions (`virsh destroy`, an admin's own guest)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import libvirt
+
+from libvirt_operator.hypervisor.domain_xml import parse_owner
+
+QEMU_URI = "qemu:///system"
+
+
+def libvirtd_answers(uri: str = QEMU_URI) -> bool:
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError:
+        return False
+    conn.close()
+    return True
+
+
+class Host:
+    """libvirt as the test sees it (assertions and out-of-band actions like `virsh destroy`)."""
+
+    def __init__(self, uri: str = QEMU_URI) -> None:
+        self.uri = uri
+        self.conn = libvirt.open(uri)
+
+    def domain(self, uuid_: str) -> libvirt.virDomain | None:
+        try:
+            return self.conn.lookupByUUIDString(uuid_)
+        except libvirt.libvirtError:
+            return None
+
+    def state(self, uuid_: str) -> int | None:
+        dom = self.domain(uuid_)
+        if dom is None:
+            return None
+        try:
+            return int(dom.state()[0])
+        except libvirt.libvirtError:
+            return None
+
+    def reconnect(self) -> None:
+        try:
+            self.conn.close()
+        except libvirt.libvirtError:
+            pass
+        self.conn = libvirt.open(self.uri)
+
+    def virsh(self, *args: str) -> str:
+        out = subprocess.run(["virsh", "-c", self.uri, *args], capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise AssertionError(f"virsh {' '.join(args)}: {out.stderr}")
+        return out.stdout
+
+    def qemu_pid(self, name: str) -> int:
+        pidfile = Path(f"/run/libvirt/qemu/{name}.pid")
+        return int(pidfile.read_text().strip())
+
+    def owned_domains(self, node_prefix: str) -> list[tuple[str, str]]:
+        result = []
+        for dom in self.conn.listAllDomains(0):
+            try:
+                owner = parse_owner(dom.XMLDesc(0))
+            except libvirt.libvirtError:
+                continue
+            if owner is not None and owner.node.startswith(node_prefix):
+                result.append((dom.UUIDString(), dom.name()))
+        return result
+
+    def remove(self, uuid_: str) -> None:
+        dom = self.domain(uuid_)
+        if dom is None:
+            return
+        try:
+            if dom.isActive():
+                dom.destroy()
+        except libvirt.libvirtError:
+            pass
+        try:
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        except libvirt.libvirtError:
+            pass
+
+    def define_unmanaged(self, name: str, memory_mib: int = 32) -> str:
+        """A domain this operator does not own (no metadata), like an admin's own guest."""
+        caps = self.conn.getCapabilities()
+        dtype = "kvm" if "type='kvm'" in caps and os.access("/dev/kvm", os.R_OK | os.W_OK) else "qemu"
+        xml = (f"<domain type='{dtype}'><name>{name}</name><memory unit='MiB'>{memory_mib}</memory>"
+               "<vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os><devices><serial type='pty'/></devices>"
+               "</domain>")
+        dom = self.conn.defineXML(xml)
+        return str(dom.UUIDString())
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except libvirt.libvirtError:
+            pass

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from testbed.control_plane import ControlPlane
 from testbed.polling import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
-__all__ = ["REPO", "find_tool", "wait_for"]
+__all__ = ["API_KIND", "REPO", "find_tool", "wait_for"]
+# The API under the end-to-end and Helm tests: the real control plane of hack/cluster.sh, or the emulator.
+API_KIND = os.environ.get("LVO_API", "real")
 
 
 def find_tool(name: str) -> str | None:
@@ -36,3 +39,11 @@ def kubectl_bin() -> str:
             pytest.fail("kubectl not found: hack/setup.sh installs it into .venv/bin")
         pytest.skip("kubectl not found (run hack/setup.sh)")
     return path
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> ControlPlane:
+    """The real control plane (hack/cluster.sh up: built once per machine), left running for the next run."""
+    if API_KIND != "real":
+        pytest.skip(f"LVO_API={API_KIND}: this test needs the real control plane")
+    return ControlPlane().up()

@@ -121,8 +121,16 @@ class ControlPlane:
 
     def requests_since(self, offset: int, user: str | None = None) -> Counter[tuple[str, str]]:
         """Requests per (verb, resource[/subresource]) of one user, from the audit log after ``offset``."""
-        user = user or self.user
-        seen: dict[str, tuple[str, str]] = {}
+        return Counter(key for key, _code in self._audited(offset, user or self.user).values())
+
+    def refused_since(self, offset: int, user: str | None = None) -> list[tuple[str, str]]:
+        """The requests of one user that the server's authorizer refused (403), from the audit log."""
+        return sorted(key for key, code in self._audited(offset, user or self.user).values() if code == 403)
+
+    def _audited(self, offset: int, user: str) -> dict[str, tuple[tuple[str, str], int]]:
+        """{auditID: ((verb, resource), response code)} of one user's resource requests after ``offset``.
+        A watch has two entries (ResponseStarted, ResponseComplete) under one ID: it counts once."""
+        seen: dict[str, tuple[tuple[str, str], int]] = {}
         with open(self.audit_log, "rb") as log:
             log.seek(offset)
             for line in log:
@@ -138,8 +146,9 @@ class ControlPlane:
                 if not ref.get("resource"):
                     continue
                 resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
-                seen[str(entry.get("auditID"))] = (str(entry.get("verb")), resource)
-        return Counter(seen.values())
+                code = int((entry.get("responseStatus") or {}).get("code") or 0)
+                seen[str(entry.get("auditID"))] = ((str(entry.get("verb")), resource), code)
+        return seen
 
     def stop_apiserver(self) -> None:
         """The API server offline: its process stopped (etcd keeps the data)."""

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Api, Cluster, ControlPlane, EmulatorApi, Host, OperatorProcess, RealApi, libvirtd_answers
+from tests.conftest import API_KIND
+from tests.e2e.harness import Api, Cluster, EmulatorApi, Host, OperatorProcess, RealApi, libvirtd_answers
 
 # Every operator a test session starts gets a node name with this prefix, so that clean-up can find
 # (and only find) the domains this session created.
@@ -45,17 +46,6 @@ def host() -> Iterator[Host]:
 @pytest.fixture
 def node_name() -> str:
     return f"{NODE_PREFIX}-{uuid.uuid4().hex[:4]}"
-
-
-API_KIND = os.environ.get("LVO_API", "real")
-
-
-@pytest.fixture(scope="session")
-def control_plane() -> ControlPlane:
-    """The real control plane (hack/cluster.sh up: built once per machine), left running for the next run."""
-    if API_KIND != "real":
-        pytest.skip(f"LVO_API={API_KIND}: this test needs the real control plane")
-    return ControlPlane().up()
 
 
 @pytest.fixture

@@ -1,35 +1,28 @@
 """The Helm chart, rendered by the real helm binary: objects, least privilege, flags the operator accepts.
 
-The last tests take the rendered objects to the API emulator: the chart's CRD is applied with kubectl,
-and the operator is started with exactly the container's args and env to check that everything it asks
-of the API server is granted by the chart's RBAC.
+What the chart does on a real API server (helm install, RBAC enforced) is in test_chart_on_real_api.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import kubernetes
 import pytest
 import yaml
 
 from libvirt_operator import settings as settings_mod
 from libvirt_operator.api.constants import CRD_NAME, GROUP, PLURAL, VERSION
 from libvirt_operator.kube.lease import LeaseConfig
-from tests.conftest import REPO, wait_for
+from tests.conftest import REPO
 from tests.helm.conftest import CHART, NAMESPACE, RELEASE, Helm, Manifest, Rendered
 
 DEPLOY_CRDS = REPO / "deploy" / "crds"
@@ -486,147 +479,3 @@ def _pyproject() -> dict[str, Any]:
 
     with open(REPO / "pyproject.toml", "rb") as handle:
         return tomllib.load(handle)
-
-
-# --- on the API emulator -------------------------------------------------------------------------------
-
-
-def test_chart_crd_applies_and_every_rbac_rule_names_a_served_resource_and_verb(
-        helm: Helm, kubectl_bin: str, tmp_path: Path) -> None:
-    emulator = pytest.importorskip("tests.emulator.conftest", reason="the API emulator is not available")
-    manifests = tmp_path / "crds.yaml"
-    manifests.write_text(yaml.safe_dump_all(helm.template(None, "--include-crds").all("CustomResourceDefinition")))
-    server = emulator.EmulatorThread()
-    try:
-        kubeconfig = tmp_path / "kubeconfig"
-        server.call(server.emulator.write_kubeconfig, kubeconfig)
-        kubectl = [kubectl_bin, "--kubeconfig", str(kubeconfig), "--cache-dir", str(tmp_path / "cache")]
-        subprocess.run([*kubectl, "apply", "-f", str(manifests)], check=True, capture_output=True, timeout=30)
-        subprocess.run([*kubectl, "wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=10s"],
-                       check=True, capture_output=True, timeout=30)
-        served = _discovery(server.url)
-    finally:
-        server.close()
-    for (group, resource), verbs in (CLUSTER_GRANTS | NAMESPACE_GRANTS).items():
-        if resource.endswith("/finalizers"):  # an RBAC-only subresource: its parent must be served
-            assert resource.split("/")[0] in served[group]
-            continue
-        assert resource in served[group], f"{group or 'core'}/{resource} is not served"
-        assert verbs <= served[group][resource], f"{group or 'core'}/{resource}: {verbs - served[group][resource]}"
-
-
-def _discovery(url: str) -> dict[str, dict[str, set[str]]]:
-    """{group: {resource: verbs}} of the preferred versions, as an RBAC authorizer sees resources."""
-    def get(path: str) -> Any:
-        with urllib.request.urlopen(url + path, timeout=10) as resp:
-            return json.loads(resp.read())
-
-    served: dict[str, dict[str, set[str]]] = {"": {}}
-    for r in get("/api/v1")["resources"]:
-        served[""][r["name"]] = set(r["verbs"])
-    for group in get("/apis")["groups"]:
-        found = served.setdefault(group["name"], {})
-        for r in get(f"/apis/{group['preferredVersion']['groupVersion']}")["resources"]:
-            found[r["name"]] = set(r["verbs"])
-    return served
-
-
-def test_operator_started_with_the_chart_args_and_env_needs_no_more_than_the_chart_rbac(
-        helm: Helm, kubectl_bin: str, tmp_path: Path) -> None:
-    """The container's exact args and env (libvirt's in-memory test driver instead of qemu:///system),
-    with a kubeconfig standing in for in-cluster config: the pod becomes ready on its readiness probe,
-    runs the NOTES' first VM, and every request it makes is granted by the chart's RBAC."""
-    harness = pytest.importorskip("tests.e2e.harness", reason="the API emulator harness is not available")
-    free_port = harness.free_port
-    rendered = helm.template({
-        "operator": {"libvirtUri": "test:///default", "imageDir": str(tmp_path / "images"),
-                     "storageDir": str(tmp_path / "disks"), "shutdownTimeout": 3, "stoppedEventDelay": 0.3},
-        "health": {"port": free_port()}, "metrics": {"port": free_port()},
-    })
-    api = harness.ApiServer(tmp_path)
-    api.start()
-    client = kubernetes.client.ApiClient(_configuration(api.kubeconfig))
-    core = kubernetes.client.CoreV1Api(client)
-    custom = kubernetes.client.CustomObjectsApi(client)
-    core.create_namespace({"metadata": {"name": NAMESPACE}})
-    core.create_node({"metadata": {"name": "hv-1", "labels": {"virt.libvirt-operator.dev/hypervisor": "true"}}})
-    api.reset_counts()
-
-    own: collections.Counter[tuple[str, str]] = collections.Counter()  # requests of this test, not the operator
-    env = {k: v for k, v in os.environ.items() if k not in SETTINGS_ENV | EXTRA_ENV}
-    env.update(NODE_NAME="hv-1", POD_NAMESPACE=NAMESPACE, KUBECONFIG=str(api.kubeconfig))
-    env.update({name: var["value"] for name, var in rendered.env().items() if "value" in var})
-    log = tmp_path / "operator.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([*operator_command(), "run", *rendered.container["args"]], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-    try:
-        ready = rendered.container["readinessProbe"]["httpGet"]
-        ready_url = f"http://127.0.0.1:{rendered.container_port(ready['port'])}{ready['path']}"
-        wait_for(lambda: _alive(proc, log) and _status(ready_url) == 200, timeout=60, what="the readiness probe")
-        live = rendered.container["livenessProbe"]["httpGet"]
-        assert _status(f"http://127.0.0.1:{rendered.container_port(live['port'])}{live['path']}") == 200
-        assert _status(f"http://127.0.0.1:{rendered.container_port('metrics')}/metrics") == 200
-
-        notes = helm.run("install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client").stdout
-        vm = first_vm_of(notes, "hv-1")
-        own.update([("get", PLURAL), ("create", PLURAL)])  # kubectl apply: GET (404), then POST
-        subprocess.run([kubectl_bin, "--kubeconfig", str(api.kubeconfig), "apply", "-f", "-"],
-                       input=yaml.safe_dump(vm), text=True, check=True, capture_output=True, timeout=30)
-        name, namespace = vm["metadata"]["name"], vm["metadata"]["namespace"]
-
-        def phase() -> str | None:
-            own[("get", PLURAL)] += 1
-            obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-            return (obj.get("status") or {}).get("phase")
-        wait_for(lambda: _alive(proc, log) and phase() == "Running", timeout=60, what="the first VM to run")
-        own[("delete", PLURAL)] += 1
-        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-
-        def gone() -> bool:
-            own[("list", PLURAL)] += 1
-            return not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
-        wait_for(lambda: _alive(proc, log) and gone(), timeout=60, what="the first VM to be deleted")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        code: int | None
-        try:
-            code = proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            code = None
-        requests = api.requests()
-        leases = kubernetes.client.CoordinationV1Api(client).list_lease_for_all_namespaces().items
-        client.close()
-        api.stop()
-    assert code == 0, log.read_text()[-3000:]
-
-    assert own <= collections.Counter(requests)  # the test's own requests, counted right
-    operator_requests = collections.Counter(requests) - own
-    allowed = grants(rendered.one("ClusterRole")) | grants(rendered.one("Role"))
-    denied = sorted((verb, resource) for verb, resource in operator_requests
-                    if not any(res == resource and verb in verbs for (_g, res), verbs in allowed.items()))
-    assert not denied, f"requests the chart's RBAC would deny: {denied}"
-    assert ("create", "leases") in operator_requests  # the namespaced Role is really needed ...
-    assert {lease.metadata.namespace for lease in leases} == {NAMESPACE}  # ... and only in the release namespace
-
-
-def _configuration(kubeconfig: Path) -> kubernetes.client.Configuration:
-    configuration = kubernetes.client.Configuration()
-    kubernetes.config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-    return configuration
-
-
-def _status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-
-
-def _alive(proc: subprocess.Popen[bytes], log: Path) -> bool:
-    if proc.poll() is not None:
-        raise AssertionError(f"the operator exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-    return True

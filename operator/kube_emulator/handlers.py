@@ -141,10 +141,12 @@ async def read_body(request: web.Request) -> tuple[str, Any]:
 
 
 async def _optional_json(request: web.Request) -> Any:
-    """A DELETE's optional DeleteOptions body."""
+    """A DELETE's optional DeleteOptions body (JSON, or protobuf from typed clients)."""
     raw = await request.read() if request.can_read_body else b""
     if not raw.strip():
         return None
+    if request.content_type == PROTOBUF:
+        return protobuf.decode(raw)
     try:
         return json.loads(raw)
     except ValueError as exc:

@@ -9,7 +9,8 @@ are kube-apiserver's generic registry and strategies, for the kinds this emulato
   status changes (any non-metadata change for kinds without a status subresource);
 - deleting an object with finalizers only sets `deletionTimestamp`; removing the last finalizer
   then removes it; an update that changes nothing writes nothing (no new resourceVersion);
-- custom objects are pruned, defaulted and validated against their CRD's schema;
+- custom objects are pruned, defaulted and validated against their CRD's schema; Secrets get
+  their `stringData` folded into `data` (secrets.py);
 - deleting a namespace or a CRD deletes what is inside and waits for their finalizers.
 """
 
@@ -20,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kube_emulator import errors, meta, patches, schema
+from kube_emulator import errors, meta, patches, schema, secrets
 from kube_emulator.resources import (
     CRD_KEY,
     NAMESPACES_KEY,
@@ -195,6 +196,9 @@ class Objects:
             causes += schema_causes
         if res.storage_key == CRD_KEY:
             causes += validate_crd(obj)
+        elif res.storage_key == secrets.SECRETS_KEY:
+            obj = secrets.fold(obj)
+            causes += secrets.validate(obj, old)
         if causes:
             raise errors.invalid(res.kind, res.group, name, causes)
         return obj

@@ -1,6 +1,7 @@
 """Protobuf request bodies, for the few kinds kubectl's typed commands send that way.
 
-`kubectl create namespace` and `kubectl create configmap` encode their body as
+`kubectl create namespace`, `kubectl create configmap` and `kubectl create secret` (and Helm, for its
+release Secrets and their DeleteOptions) encode their body as
 `application/vnd.kubernetes.protobuf` (a `k8s\\0` magic, then a runtime.Unknown wrapping the
 object) and do not fall back to JSON on a 415. Rather than a protobuf library and generated types,
 this reads the wire format against hand-written field tables of just those kinds (field numbers
@@ -37,6 +38,13 @@ KINDS: Mapping[tuple[str, str], Table] = {
                           3: ("status", {1: ("phase", "string")})},
     ("v1", "ConfigMap"): {1: ("metadata", _OBJECT_META), 2: ("data", "map"), 3: ("binaryData", "bytesmap"),
                           4: ("immutable", "bool")},
+    ("v1", "Secret"): {1: ("metadata", _OBJECT_META), 2: ("data", "bytesmap"), 3: ("type", "string"),
+                       4: ("stringData", "map"), 5: ("immutable", "bool")},
+    # The body of a typed client's DELETE (Helm deletes its release Secrets so).
+    ("v1", "DeleteOptions"): {1: ("gracePeriodSeconds", "int"),
+                              2: ("preconditions", {1: ("uid", "string"), 2: ("resourceVersion", "string")}),
+                              3: ("orphanDependents", "bool"), 4: ("propagationPolicy", "string"),
+                              5: ("dryRun", ["string"])},
 }
 _UNKNOWN: Table = {1: ("typeMeta", {1: ("apiVersion", "string"), 2: ("kind", "string")}), 2: ("raw", "bytes"),
                    3: ("contentEncoding", "string"), 4: ("contentType", "string")}

@@ -148,6 +148,14 @@ EVENTS_V1_FIELDS: Mapping[str, str] = {
     "count": "deprecatedCount",
 }
 
+# A pod template's strategic-merge keys (k8s.io/api/core/v1 patchMergeKey tags), under a workload's spec.
+_POD = "spec.template.spec"
+_POD_MERGE_KEYS: Mapping[str, str] = {
+    **{f"{_POD}.{lst}": "name" for lst in ("containers", "initContainers", "volumes", "imagePullSecrets")},
+    **{f"{_POD}.{c}.{lst}": key for c in ("containers", "initContainers")
+       for lst, key in (("env", "name"), ("volumeMounts", "mountPath"), ("ports", "containerPort"))},
+}
+
 BUILTINS: tuple[Resource, ...] = (
     Resource(
         "",
@@ -194,6 +202,21 @@ BUILTINS: tuple[Resource, ...] = (
         renames=EVENTS_V1_FIELDS,
         storage_group="",
     ),
+    Resource("", "v1", "secrets", "secret", "Secret", True, merge_keys=_META_MERGE_KEYS),
+    # Stored and served only (no controller acts on them): enough for Helm to install a chart.
+    Resource("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", True, ("sa",),
+             merge_keys={**_META_MERGE_KEYS, "secrets": "name", "imagePullSecrets": "name"}),
+    Resource("", "v1", "services", "service", "Service", True, ("svc",), ("all",), status_subresource=True,
+             merge_keys={**_META_MERGE_KEYS, "spec.ports": "port"}),
+    Resource("apps", "v1", "daemonsets", "daemonset", "DaemonSet", True, ("ds",), ("all",),
+             status_subresource=True, has_generation=True, merge_keys={**_META_MERGE_KEYS, **_POD_MERGE_KEYS}),
+    Resource("rbac.authorization.k8s.io", "v1", "clusterroles", "clusterrole", "ClusterRole", False,
+             merge_keys=_META_MERGE_KEYS),
+    Resource("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding",
+             False, merge_keys=_META_MERGE_KEYS),
+    Resource("rbac.authorization.k8s.io", "v1", "roles", "role", "Role", True, merge_keys=_META_MERGE_KEYS),
+    Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "rolebinding", "RoleBinding", True,
+             merge_keys=_META_MERGE_KEYS),
     Resource("coordination.k8s.io", "v1", "leases", "lease", "Lease", True, merge_keys=_META_MERGE_KEYS),
     Resource(
         "apiextensions.k8s.io",

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
+import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -261,6 +263,8 @@ class KubeEmulator:
             return json_response(discovery.api_group_list(self.registry))
         if path == "/openapi/v3":
             return json_response(discovery.openapi_v3_index(self.registry))
+        if path == "/openapi/v2":
+            return self._openapi_v2(request)
         parts = path.strip("/").split("/")
         found: JSON | None = None
         if parts[:2] == ["openapi", "v3"]:
@@ -278,6 +282,16 @@ class KubeEmulator:
         if found is None:
             raise errors.page_not_found()
         return json_response(found)
+
+    def _openapi_v2(self, request: web.Request) -> web.Response:
+        if not discovery.accepts_openapi_v2_json(request.headers.get("Accept", "")):
+            return web.Response(status=406, text="406 - Not Acceptable", headers={"Vary": "Accept"})
+        body = json.dumps(discovery.openapi_v2(self.registry), separators=(",", ":")).encode()
+        etag = '"' + hashlib.sha512(body).hexdigest()[:32].upper() + '"'
+        headers = {"ETag": etag, "Vary": "Accept"}
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=body, content_type=discovery.OPENAPI_V2_JSON, headers=headers)
 
     async def _debug(self, request: web.Request, path: str) -> web.Response:
         if path == "/_emulator/requests" and request.method == "GET":

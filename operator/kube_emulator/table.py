@@ -8,7 +8,7 @@ it, and ``date`` cells are rendered by the server as an age (``5m``, ``3d4h``), 
 does. A missing value is ``None`` (kubectl prints ``<none>``).
 
 Built-in kinds follow kube-apiserver's printers: nodes, namespaces, core and events.k8s.io
-events and leases have their own columns; anything else (e.g. customresourcedefinitions) gets the
+events, secrets and leases have their own columns; anything else (e.g. customresourcedefinitions) gets the
 default ``Name`` / ``Created At`` table. The server always renders every column; kubectl hides
 those with ``priority`` > 0 unless ``-o wide``.
 """
@@ -422,6 +422,15 @@ def columns_for_builtin(plural: str) -> list[ColumnSpec]:
         ]  # fmt: skip
     if plural == "events":
         return _event_columns()
+    if plural == "secrets":
+        return [
+            NAME_COLUMN,
+            ColumnSpec("Type", "string", description="Used to facilitate programmatic handling of secret data.",
+                       cell=lambda obj, _now: _text(obj.get("type"))),
+            ColumnSpec("Data", "string", description="Data contains the secret data.",
+                       cell=lambda obj, _now: len(obj.get("data") or {})),
+            _age_column(),
+        ]  # fmt: skip
     if plural == "leases":
         return [
             NAME_COLUMN,

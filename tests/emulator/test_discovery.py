@@ -76,7 +76,7 @@ def test_unknown_paths_are_404_status(emu: EmulatorThread) -> None:
         assert rsp.json()["reason"] == "NotFound" and rsp.json()["kind"] == "Status"
 
 
-def test_openapi_v3_declares_field_validation_and_v2_is_absent(emu: EmulatorThread) -> None:
+def test_openapi_v3_declares_field_validation(emu: EmulatorThread) -> None:
     index = requests.get(emu.url + "/openapi/v3", timeout=10).json()["paths"]
     assert {"api/v1", f"apis/{GROUP}/v1"} <= set(index)
     doc = requests.get(emu.url + index[f"apis/{GROUP}/v1"]["serverRelativeURL"], timeout=10).json()
@@ -84,7 +84,26 @@ def test_openapi_v3_declares_field_validation_and_v2_is_absent(emu: EmulatorThre
     assert "fieldValidation" in [p["name"] for p in patch["parameters"]]
     assert patch["x-kubernetes-group-version-kind"] == {"group": GROUP, "kind": "Gadget", "version": "v1"}
     assert "application/strategic-merge-patch+json" not in patch["requestBody"]["content"]
-    assert requests.get(emu.url + "/openapi/v2", timeout=10).status_code == 404
+
+
+def test_openapi_v2_is_json_with_every_kind_and_406_to_a_protobuf_only_accept(emu: EmulatorThread) -> None:
+    rsp = requests.get(emu.url + "/openapi/v2", timeout=10)
+    assert rsp.status_code == 200 and rsp.headers["Content-Type"].startswith("application/json")
+    doc = rsp.json()
+    assert doc["swagger"] == "2.0"
+    patch = doc["paths"]["/api/v1/namespaces/{namespace}/secrets/{name}"]["patch"]
+    assert {"name": "fieldValidation", "in": "query", "required": False, "type": "string",
+            "uniqueItems": True} in patch["parameters"]
+    assert patch["x-kubernetes-group-version-kind"] == {"group": "", "kind": "Secret", "version": "v1"}
+    gadget = doc["definitions"][f"{'.'.join(reversed(GROUP.split('.')))}.v1.Gadget"]
+    assert gadget["x-kubernetes-group-version-kind"] == [{"group": GROUP, "kind": "Gadget", "version": "v1"}]
+    assert "io.k8s.api.apps.v1.DaemonSet" in doc["definitions"]
+
+    cached = requests.get(emu.url + "/openapi/v2", headers={"If-None-Match": rsp.headers["ETag"]}, timeout=10)
+    assert cached.status_code == 304
+    protobuf_only = requests.get(emu.url + "/openapi/v2", timeout=10, headers={
+        "Accept": "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"})
+    assert protobuf_only.status_code == 406
 
 
 def test_crd_registered_at_runtime_is_served_at_once_and_leaves_on_delete(

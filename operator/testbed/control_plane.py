@@ -266,4 +266,4 @@ class RealApi:
     def stop(self) -> None:
         if self.proxy is not None:
             self.proxy.stop()
-        self.plane.purge_vms()
+        self.plane.purge_vms(self.node_prefix)

@@ -178,9 +178,12 @@ class FaultProxy:
                 await response.write_eof()
                 return response
         except (aiohttp.ClientError, ConnectionResetError) as exc:
-            if response is not None and response.prepared or transport is None or transport.is_closing():
+            # The server down (connection refused) or a stream cut: the client sees its connection
+            # aborted, as it would without the proxy, never an answer the server did not give.
+            if isinstance(exc, aiohttp.ClientConnectorError) or (response is not None and response.prepared) \
+                    or transport is None or transport.is_closing():
                 if transport is not None:
-                    transport.abort()  # the client sees its stream cut, as it would without the proxy
+                    transport.abort()
                 raise asyncio.CancelledError from exc
             return web.Response(status=502, text=f"fault proxy: upstream failed: {exc!r}")
         finally:

@@ -52,7 +52,7 @@ def node_name() -> str:
 def api(tmp_path: Path, host: Host, request: pytest.FixtureRequest) -> Iterator[Api]:
     server: Api
     if API_KIND == "real":
-        server = RealApi(tmp_path, request.getfixturevalue("control_plane"))
+        server = RealApi(tmp_path, request.getfixturevalue("control_plane"), node_prefix=NODE_PREFIX)
     else:
         server = EmulatorApi(tmp_path)
     server.start()

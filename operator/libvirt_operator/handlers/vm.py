@@ -544,8 +544,7 @@ class Reconciler:
         if extra:
             status.update(extra)
         if rec.last_event is not None and "lastEvent" not in (extra or {}):
-            status["lastEvent"] = rec.last_event
-        rec.last_event = None
+            status["lastEvent"] = rec.last_event  # forgotten only once written (_write_status)
         conditions = rec.status.get("conditions") or []
         ready = status["phase"] == Phase.RUNNING.value
         conditions = set_condition(conditions, "Ready", "True" if ready else "False",
@@ -587,6 +586,7 @@ class Reconciler:
             del patch["conditions"]
         if not patch:
             rec.event_latency_start = None
+            self._event_written(rec, wanted)
             return
         meta = rec.body["metadata"]
         try:
@@ -594,11 +594,17 @@ class Reconciler:
         except KubeError as exc:
             if exc.not_found:
                 return
-            raise
+            raise  # the event stays in rec.last_event: the retry writes it (the API may have been down)
+        self._event_written(rec, wanted)
         self.rt.records.upsert(result)
         if rec.event_latency_start is not None:
             self.rt.metrics.event_lag.observe(time.monotonic() - rec.event_latency_start)
             rec.event_latency_start = None
+
+    @staticmethod
+    def _event_written(rec: VMRecord, wanted: Mapping[str, Any]) -> None:
+        if rec.last_event is not None and wanted.get("lastEvent") == rec.last_event:
+            rec.last_event = None
 
     # --- helpers -----------------------------------------------------------------------------------------
 

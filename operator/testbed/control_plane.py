@@ -183,10 +183,11 @@ class ControlPlane:
     def start_apiserver(self) -> None:
         self.cluster_sh("up")
 
-    def purge_vms(self) -> None:
+    def purge_vms(self, node_prefix: str | None = None) -> None:
         """This identity's VirtualMachines removed, finalizers and all: the next test starts from an empty API.
 
-        A reserved identity's are those of its namespace; the e2e tests' are those of every other namespace."""
+        A reserved identity's are those of its namespace; the e2e tests' are those of every other namespace,
+        and only those of nodes named ``node_prefix``... when it is given."""
         if self.reserved:
             listed = json.loads(self.kubectl("get", "lvm", "-n", self.namespace, "-o", "json"))
             others: set[str] = set()
@@ -194,7 +195,8 @@ class ControlPlane:
             listed = json.loads(self.kubectl("get", "lvm", "-A", "-o", "json"))
             others = {name.split("/", 1)[1] for name in
                       self.kubectl("get", "namespaces", "-l", RESERVED_LABEL, "-o", "name").split()}
-        vms = [vm for vm in listed.get("items") or [] if vm["metadata"]["namespace"] not in others]
+        vms = [vm for vm in listed.get("items") or [] if vm["metadata"]["namespace"] not in others
+               and str((vm.get("spec") or {}).get("nodeName", "")).startswith(node_prefix or "")]
         if not vms:
             return
         # Deleted first: no finalizer can be added to an object being deleted, so none comes back (from an
@@ -215,9 +217,11 @@ class RealApi:
 
     kind = "real"
 
-    def __init__(self, workdir: Path, plane: ControlPlane, *, proxy: bool = True) -> None:
+    def __init__(self, workdir: Path, plane: ControlPlane, *, proxy: bool = True,
+                 node_prefix: str | None = None) -> None:
         self.workdir = workdir
         self.plane = plane
+        self.node_prefix = node_prefix  # whose VMs stop() purges (None: all of this identity's)
         self.admin_kubeconfig = plane.admin_kubeconfig
         self.kubeconfig = workdir / "operator.kubeconfig"
         self.proxy = FaultProxy(plane.url, str(plane.ca_file)) if proxy else None

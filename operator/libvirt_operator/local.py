@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime
+import json
 import logging
 import platform
 import re
@@ -23,11 +25,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import libvirt
+import yaml
 
 from libvirt_operator import __version__
-from libvirt_operator.api.constants import CRD_PATH
+from libvirt_operator.api.constants import CRD_PATH, GROUP, KIND, PLURAL, VERSION
 from libvirt_operator.api.spec import DNS1123_SUBDOMAIN
+from libvirt_operator.kube.lease import LeaseConfig, parse_micro_time
 from libvirt_operator.settings import Settings, _state_dir
 
 logger = logging.getLogger(__name__)
@@ -79,6 +84,103 @@ def cluster_identity(kubeconfig: Path) -> str:
 
     api = pykube.HTTPClient(pykube.KubeConfig.from_file(str(kubeconfig)))
     return str(pykube.Namespace.objects(api).get(name="kube-system").obj["metadata"]["uid"])
+
+
+class ForeignNodeWatcher:
+    """A hint that local mode gives and the operator does not: every VirtualMachine whose spec.nodeName
+    is not this node, and whose node has no operator holding its Lease, gets one Warning Event
+    ``NoOperatorForNode`` (the examples say ``nodeName: dev-node``; with ``--node-name`` nothing would
+    happen to them, and nothing would say why). Once per VM: an Event already there is not repeated,
+    also after a restart. Only in local mode: on a cluster, other nodes' operators are elsewhere."""
+
+    REASON = "NoOperatorForNode"
+
+    def __init__(self, kubeconfig: Path, node_name: str, *, retry_every: float = 2.0) -> None:
+        config = yaml.safe_load(kubeconfig.read_text())
+        self.server = str(config["clusters"][0]["cluster"]["server"]).rstrip("/")
+        token = (config["users"][0].get("user") or {}).get("token")
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.node_name = node_name
+        self.retry_every = retry_every
+        self._seen: set[str] = set()  # uids judged already
+
+    async def run(self) -> None:
+        """Until cancelled: list, then watch from the list's resourceVersion; list again after any failure."""
+        path = f"{self.server}/apis/{GROUP}/{VERSION}/{PLURAL}"
+        async with aiohttp.ClientSession(headers=self.headers) as session:
+            while True:
+                try:
+                    async with session.get(path) as rsp:
+                        rsp.raise_for_status()
+                        listed = await rsp.json()
+                    for vm in listed.get("items") or ():
+                        await self._judge(session, vm)
+                    params = {"watch": "1", "resourceVersion": listed["metadata"]["resourceVersion"],
+                              "allowWatchBookmarks": "true"}
+                    async with session.get(path, params=params, timeout=aiohttp.ClientTimeout()) as rsp:
+                        rsp.raise_for_status()
+                        async for line in rsp.content:
+                            event = json.loads(line) if line.strip() else {}
+                            if event.get("type") in ("ADDED", "MODIFIED"):
+                                await self._judge(session, event["object"])
+                            elif event.get("type") == "ERROR":
+                                break  # e.g. 410 Expired: list again
+                except (aiohttp.ClientError, ValueError, KeyError) as exc:
+                    logger.debug("watching VirtualMachines for foreign nodes: %s; again in %.0fs", exc,
+                                 self.retry_every)
+                await asyncio.sleep(self.retry_every)
+
+    async def _judge(self, session: aiohttp.ClientSession, vm: dict[str, Any]) -> None:
+        meta = vm.get("metadata") or {}
+        uid, node = meta.get("uid"), (vm.get("spec") or {}).get("nodeName")
+        if not uid or not node or node == self.node_name or uid in self._seen or meta.get("deletionTimestamp"):
+            return
+        if await self._node_has_operator(session, node):
+            return  # another `libvirt-operator run` acts for it; judged again at the VM's next change
+        namespace = meta.get("namespace") or "default"
+        events = f"{self.server}/api/v1/namespaces/{namespace}/events"
+        async with session.get(events, params={"fieldSelector": f"involvedObject.uid={uid},"
+                                                                 f"reason={self.REASON}"}) as rsp:
+            rsp.raise_for_status()
+            posted = bool((await rsp.json()).get("items"))
+        if not posted:
+            message = (f"spec.nodeName is {node!r}, but no operator runs for that node: local mode runs the "
+                       f"operator for node {self.node_name!r} only. Set spec.nodeName: {self.node_name} (or "
+                       f"run `libvirt-operator run --node-name {node}` against this API)")
+            async with session.post(events, json=_event(vm, "Warning", self.REASON, message)) as rsp:
+                rsp.raise_for_status()
+            logger.warning("VirtualMachine %s/%s: %s", namespace, meta.get("name"), message)
+        self._seen.add(uid)
+
+    async def _node_has_operator(self, session: aiohttp.ClientSession, node: str) -> bool:
+        """Whether an operator holds the node's Lease (what every operator takes before it acts)."""
+        lease = LeaseConfig.for_node(node, identity="local-mode")
+        url = f"{self.server}/apis/coordination.k8s.io/v1/namespaces/{lease.namespace}/leases/{lease.name}"
+        async with session.get(url) as rsp:
+            if rsp.status == 404:
+                return False
+            rsp.raise_for_status()
+            spec = (await rsp.json()).get("spec") or {}
+        renewed = parse_micro_time(spec.get("renewTime"))
+        if not spec.get("holderIdentity") or renewed is None:
+            return False
+        expires = renewed + datetime.timedelta(seconds=float(spec.get("leaseDurationSeconds") or 0))
+        return expires > datetime.datetime.now(datetime.UTC)
+
+
+def _event(vm: dict[str, Any], type_: str, reason: str, message: str) -> dict[str, Any]:
+    meta = vm["metadata"]
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta.get("namespace") or "default"},
+        "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": meta["name"],
+                           "namespace": meta.get("namespace"), "uid": meta["uid"],
+                           "resourceVersion": meta.get("resourceVersion")},
+        "type": type_, "reason": reason, "message": message,
+        "source": {"component": "libvirt-operator-dev"}, "reportingComponent": "libvirt-operator-dev",
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    }
 
 
 def libvirt_answers(uri: str) -> bool:
@@ -155,6 +257,7 @@ async def run_dev(settings: Settings, *, kubeconfig: Path, api_only: bool, port:
     private = kubeconfig.with_name(f".{kubeconfig.name}.emulator")
     emulator = EmulatorProcess(private, port, state_file)
     await emulator.start()
+    hints: asyncio.Task[None] | None = None
     try:
         if not api_only:
             await asyncio.to_thread(register_node, private, settings.node_name)
@@ -180,10 +283,26 @@ async def run_dev(settings: Settings, *, kubeconfig: Path, api_only: bool, port:
         def identify(runtime: Runtime) -> None:  # before its start-up, which leaves the node's marker
             runtime.storage.cluster = cluster
 
+        announce_directories(settings)
+        hints = asyncio.create_task(ForeignNodeWatcher(private, settings.node_name).run(), name="foreign-nodes")
         await run_operator(dataclasses.replace(settings, kubeconfig=str(kubeconfig), libvirt_uri=uri),
                            health_host="127.0.0.1", on_runtime=identify)
     finally:
+        if hints is not None:
+            hints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await hints
         await emulator.stop()
+
+
+def announce_directories(settings: Settings) -> None:
+    """Where to put base images and where disks go: the README quotes these lines."""
+    logger.info("base images (spec.disks[].image) are looked up in %s", settings.image_dir)
+    logger.info("VM disks are created in %s", settings.storage_dir)
+    legacy = _state_dir() / "images"
+    if legacy.is_dir() and legacy != settings.image_dir and any(legacy.iterdir()):
+        logger.warning("%s, the image directory of earlier versions of local mode, is not used any more: "
+                       "move its images to %s", legacy, settings.image_dir)
 
 
 def _publish_kubeconfig(private: Path, public: Path) -> None:

@@ -35,6 +35,10 @@ def test_local_mode_registers_a_node_and_runs_a_vm_then_stops_cleanly(tmp_path: 
         assert status["nodeName"] == "local-node"
         labels = json.loads(cluster.kubectl("get", "node", "local-node", "-o", "json"))["metadata"]["labels"]
         assert labels.get("virt.libvirt-operator.dev/schedulable") == "true"
+        cluster.apply(vm_manifest("stray", "dev-node", memory="64Mi"))  # the examples' node: not this one
+        poll(lambda: "NoOperatorForNode" in cluster.event_reasons("stray"), timeout=30,
+             what="the NoOperatorForNode event on a VM of another node")
+        assert "NoOperatorForNode" not in cluster.event_reasons("local")
         cluster.close()
     finally:
         proc.send_signal(signal.SIGTERM)

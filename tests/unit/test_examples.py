@@ -34,6 +34,12 @@ def test_example_is_a_virtual_machine_the_node_accepts(name: str) -> None:
     assert spec.memory_bytes <= 64 * 2**20  # small enough for any test machine
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
+def test_example_file_is_named_after_the_vm_it_creates(name: str) -> None:
+    """`kubectl apply -f examples/X.yaml` creates VM X, so `kubectl get lvm X` is what comes next."""
+    assert f"{load(name)['metadata']['name']}.yaml" == name
+
+
 def test_there_is_one_example_of_each_kind() -> None:
     assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == [
         "empty-disk.yaml", "halted.yaml", "image-overlay.yaml", "minimal.yaml"]

@@ -90,6 +90,12 @@ def test_image_names_that_are_not_plain_existing_files_are_refused(
     assert info.value.field == "spec.disks[0].image"
 
 
+def test_a_missing_image_names_the_directory_it_was_looked_up_in(storage: Storage) -> None:
+    with pytest.raises(StorageError) as info:
+        storage.resolve_image("base.qcow2", "spec.disks[0].image")
+    assert str(info.value) == f"spec.disks[0].image: image 'base.qcow2' not found in {storage.image_dir}"
+
+
 def test_symlinks_leading_outside_the_image_directory_are_refused(storage: Storage, tmp_path: Path) -> None:
     outside = tmp_path / "outside.qcow2"
     qemu_img("create", "-f", "qcow2", str(outside), "1M")

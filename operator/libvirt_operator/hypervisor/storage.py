@@ -120,7 +120,7 @@ class Storage:
         try:
             resolved = candidate.resolve(strict=True)
         except (FileNotFoundError, RuntimeError):  # missing, dangling or looping symlink
-            raise StorageError(field, f"image {image!r} not found in the node's image directory") from None
+            raise StorageError(field, f"image {image!r} not found in {root}") from None
         if resolved == root or not resolved.is_relative_to(root):
             raise StorageError(field, f"image {image!r} is a symlink that leads outside the image directory")
         if not resolved.is_file():

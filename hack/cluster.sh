@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # A real single-node Kubernetes control plane on 127.0.0.1, built from upstream Go modules.
 #
-#   hack/cluster.sh up     build once per machine (cached by version), start etcd, kube-apiserver and
-#                          kube-controller-manager, wait for /readyz; idempotent, seconds when running
+#   hack/cluster.sh up     build once per machine (cached by version), start etcd, kube-apiserver,
+#                          kube-controller-manager and kube-scheduler, wait for /readyz, then a node:
+#                          containerd + a kubelet (node "$LVO_NODE_NAME", default lvo-node) until Ready;
+#                          idempotent, seconds when running. LVO_CLUSTER_NODE=0: no node.
 #   hack/cluster.sh down   stop every process `up` started, leave none behind
 #   hack/cluster.sh env    print `export KUBECONFIG=...` (eval "$(hack/cluster.sh env)")
 #   hack/cluster.sh build  only build (or find in the cache) the binaries
@@ -36,7 +38,12 @@ READY_TIMEOUT_S="${LVO_CLUSTER_TIMEOUT:-120}"
 # The cache key is the version plus a hash of the pinning files: any change to what is built rebuilds.
 CACHE_ROOT="${LVO_CACHE_DIR:-/var/cache/libvirt-operator}"
 BIN="$CACHE_ROOT/k8s-$KUBE_VERSION-$(cat "$GO_MOD_DIR/go.mod" "$GO_MOD_DIR/go.sum" "$GO_MOD_DIR/etcd/main.go" | sha256sum | cut -c1-12)/bin"
-COMPONENTS=(etcd kube-apiserver kube-controller-manager)
+NODE_NAME="${LVO_NODE_NAME:-lvo-node}"
+WITH_NODE="${LVO_CLUSTER_NODE:-1}"
+CONTAINERD_SOCK=/run/lvo-containerd/containerd.sock
+PAUSE_IMAGE=localhost/lvo-pause:1
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler)
+NODE_COMPONENTS=(containerd kubelet)
 
 say() { echo "cluster: $*" >&2; }
 
@@ -114,6 +121,8 @@ pki() {
     cert controller-manager system:kube-controller-manager
     cert scheduler system:kube-scheduler
     cert apiserver-kubelet-client kube-apiserver-kubelet-client system:masters
+    cert "kubelet-$NODE_NAME" "system:node:$NODE_NAME" system:nodes
+    cert "kubelet-serving-$NODE_NAME" "$NODE_NAME" "" "IP:127.0.0.1,DNS:$NODE_NAME"
     if [ ! -f "$PKI/sa.key" ]; then
         openssl_quiet genrsa -out "$PKI/sa.key" 2048
         openssl_quiet rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub"
@@ -174,7 +183,9 @@ start() {
     alive "$name" && return 0
     mkdir -p "$RUN" "$LOGS"
     echo "=== $(date -Is) $name $*" >>"$LOGS/$name.log"
-    setsid "$BIN/$name" "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+    local exe="$BIN/$name"
+    [ -x "$exe" ] || exe="$(command -v "$name")"
+    setsid "$exe" "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
     echo $! >"$RUN/$name.pid"
 }
 
@@ -212,7 +223,7 @@ start_apiserver() {
         --client-ca-file "$PKI/ca.crt" \
         --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
         --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
-        --kubelet-certificate-authority "$PKI/ca.crt" \
+        --kubelet-certificate-authority "$PKI/ca.crt" --kubelet-preferred-address-types InternalIP \
         --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
         --service-account-issuer https://kubernetes.default.svc.cluster.local \
         --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
@@ -236,9 +247,112 @@ start_controller_manager() {
     wait_until "kube-controller-manager to stay up" "$LOGS/kube-controller-manager.log" process_running kube-controller-manager
 }
 
+start_scheduler() {
+    kubeconfig "$STATE/scheduler.kubeconfig" scheduler
+    # DaemonSet pods are bound by the default scheduler (the DaemonSet controller only sets node affinity).
+    start kube-scheduler --kubeconfig "$STATE/scheduler.kubeconfig" \
+        --authentication-kubeconfig "$STATE/scheduler.kubeconfig" \
+        --authorization-kubeconfig "$STATE/scheduler.kubeconfig" \
+        --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false
+    wait_until "kube-scheduler to stay up" "$LOGS/kube-scheduler.log" process_running kube-scheduler
+}
+
+admin_kubectl() { "$ROOT/.venv/bin/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
+ctr_k8s() { ctr -a "$CONTAINERD_SOCK" -n k8s.io "$@"; }
+
+# --- the node: containerd + kubelet ------------------------------------------------------------------
+
+start_containerd() {
+    command -v containerd >/dev/null || { say "containerd is not installed (hack/setup.sh installs it)"; exit 1; }
+    local dir="$STATE/containerd"
+    mkdir -p "$dir/root" "$dir/cni" "$(dirname "$CONTAINERD_SOCK")"
+    # Host-network pods are all the node runs; a loopback-only CNI network lets the runtime report ready
+    # without creating any interface or address on the host.
+    echo '{"cniVersion": "0.4.0", "name": "lvo-host-only", "plugins": [{"type": "loopback"}]}' \
+        >"$dir/cni/10-loopback.conflist"
+    # restrict_oom_score_adj: the machine lacks CAP_SYS_RESOURCE, so a sandbox's oom_score_adj (-998)
+    # cannot go below containerd's own (without it every sandbox fails: "can't get final child's PID").
+    cat >"$dir/config.toml" <<EOF
+version = 2
+root = "$dir/root"
+state = "/run/lvo-containerd/state"
+[grpc]
+  address = "$CONTAINERD_SOCK"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$PAUSE_IMAGE"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$dir/cni"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      SystemdCgroup = false
+EOF
+    start containerd --config "$dir/config.toml"
+    wait_until "containerd to answer" "$LOGS/containerd.log" ctr_k8s version
+    if ! ctr_k8s images ls -q | grep -qx "$PAUSE_IMAGE"; then
+        # The pod sandbox image cannot be pulled here: a static pause binary of our own, as an OCI archive.
+        gcc -Os -static -o "$dir/pause" "$ROOT/hack/pause.c" >>"$LOGS/containerd.log" 2>&1 \
+            || fail "building the pause binary" "$LOGS/containerd.log"
+        python3 "$ROOT/hack/oci_archive.py" "$dir/pause.tar" "$PAUSE_IMAGE" /pause "$dir/pause=/pause"
+        ctr_k8s images import "$dir/pause.tar" >>"$LOGS/containerd.log" 2>&1 \
+            || fail "importing the pause image" "$LOGS/containerd.log"
+    fi
+}
+
+node_ready() {
+    [ "$(admin_kubectl get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' \
+        2>/dev/null)" = True ]
+}
+node_registered() { admin_kubectl get node "$NODE_NAME" -o name >/dev/null 2>&1; }
+
+start_kubelet() {
+    local dir="$STATE/kubelet"
+    mkdir -p "$dir"
+    kubeconfig "$dir/kubeconfig" "kubelet-$NODE_NAME"
+    cat >"$dir/config.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: 127.0.0.1
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+tlsCertFile: $PKI/kubelet-serving-$NODE_NAME.crt
+tlsPrivateKeyFile: $PKI/kubelet-serving-$NODE_NAME.key
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $PKI/ca.crt}
+authorization: {mode: Webhook}
+cgroupDriver: cgroupfs
+failSwapOn: false
+failCgroupV1: false
+containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
+imageServiceEndpoint: unix://$CONTAINERD_SOCK
+resolvConf: /etc/resolv.conf
+evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%"}
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+EOF
+    # --cloud-provider=external: the kubelet refuses a loopback node IP, so it leaves the addresses to a
+    # "cloud", and this script plays that part: InternalIP 127.0.0.1, so that the API server reaches the
+    # kubelet (logs, exec) on loopback only.
+    start kubelet --config "$dir/config.yaml" --kubeconfig "$dir/kubeconfig" --hostname-override "$NODE_NAME" \
+        --cloud-provider external --root-dir "$dir/root" --cert-dir "$dir/pki" -v 1
+    wait_until "kubelet to register node $NODE_NAME" "$LOGS/kubelet.log" node_registered
+    admin_kubectl patch node "$NODE_NAME" --subresource=status --type=merge -p \
+        '{"status":{"addresses":[{"type":"InternalIP","address":"127.0.0.1"},{"type":"Hostname","address":"'"$NODE_NAME"'"}]}}' \
+        >/dev/null
+    admin_kubectl taint node "$NODE_NAME" node.cloudprovider.kubernetes.io/uninitialized- >/dev/null 2>&1 || true
+    wait_until "node $NODE_NAME to be Ready" "$LOGS/kubelet.log" node_ready
+}
+
 all_running() {
     local c
     for c in "${COMPONENTS[@]}"; do alive "$c" || return 1; done
+    if [ "$WITH_NODE" = 1 ]; then
+        for c in "${NODE_COMPONENTS[@]}"; do alive "$c" || return 1; done
+    fi
     apiserver_ready
 }
 
@@ -253,6 +367,11 @@ up() {
     start_apiserver
     kubeconfig "$KUBECONFIG_ADMIN" admin
     start_controller_manager
+    start_scheduler
+    if [ "$WITH_NODE" = 1 ]; then
+        start_containerd
+        start_kubelet
+    fi
     say "ready at https://127.0.0.1:$APISERVER_PORT; $(env_line)"
 }
 
@@ -269,8 +388,26 @@ stop_one() {
     rm -f "$RUN/$name.pid"
 }
 
+# Every container of the node killed and removed (containerd's shims outlive containerd itself), then
+# the mounts the kubelet and containerd made under the state directory.
+stop_node() {
+    local id
+    stop_one kubelet
+    if alive containerd; then
+        for id in $(ctr_k8s tasks ls -q 2>/dev/null); do ctr_k8s tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true; done
+        for id in $(ctr_k8s tasks ls -q 2>/dev/null); do ctr_k8s tasks delete -f "$id" >/dev/null 2>&1 || true; done
+        for id in $(ctr_k8s containers ls -q 2>/dev/null); do ctr_k8s containers delete "$id" >/dev/null 2>&1 || true; done
+    fi
+    stop_one containerd
+    pkill -KILL -f "containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK" 2>/dev/null || true
+    grep -oE " ($STATE|/run/lvo-containerd)/[^ ]*" /proc/mounts | sort -r | while read -r m; do
+        umount -l "$m" 2>/dev/null || true
+    done
+}
+
 down() {
     local c
+    stop_node
     for c in kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_one "$c"; done
     say "stopped"
 }
@@ -279,7 +416,7 @@ env_line() { echo "export KUBECONFIG=$KUBECONFIG_ADMIN"; }
 
 status() {
     local c
-    for c in "${COMPONENTS[@]}"; do
+    for c in "${COMPONENTS[@]}" "${NODE_COMPONENTS[@]}"; do
         if alive "$c"; then echo "$c running (pid $(pid_of "$c"))"; else echo "$c stopped"; fi
     done
 }
@@ -291,6 +428,8 @@ case "${1:-}" in
     build) build; echo "$BIN" ;;
     status) status ;;
     stop) stop_one "${2:?usage: hack/cluster.sh stop COMPONENT}" ;;
+    node-name) echo "$NODE_NAME" ;;
+    containerd-socket) echo "$CONTAINERD_SOCK" ;;
     bin-dir) echo "$BIN" ;;
     *) echo "usage: hack/cluster.sh up|down|env|build|status" >&2; exit 2 ;;
 esac

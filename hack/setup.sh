@@ -15,7 +15,7 @@ STAMP="$VENV/.setup-pyproject.sha256"
 # (e.g. the QEMU driver is a separate package on Debian 12 but may be part of libvirt-daemon elsewhere).
 REQUIRED_PKGS=(libvirt-daemon libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
                qemu-system-x86 qemu-utils gcc python3-venv python3-dev
-               openssl curl iproute2)
+               openssl curl iproute2 containerd runc containernetworking-plugins)
 OPTIONAL_PKGS=(libvirt-daemon-driver-qemu)
 
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -153,19 +153,33 @@ async def _optional_json(request: web.Request) -> Any:
         raise errors.bad_request(f"error decoding DeleteOptions: {exc}") from None
 
 
-def write_options(query: MultiMapping[str]) -> WriteOptions:
-    directive = query.get("fieldValidation", "Warn") or "Warn"
-    normalised = {"strict": "Strict", "warn": "Warn", "ignore": "Ignore"}.get(directive.lower())
-    if normalised is None:
-        raise errors.bad_request(f'invalid fieldValidation directive: "{directive}" (valid: Strict, Warn, Ignore)')
-    return WriteOptions(dry_run=_dry_run(query.getall("dryRun", [])), field_validation=normalised)
+def _options_invalid(kind: str, causes: list[Cause]) -> errors.ApiError:
+    """A 422 on the request's options, as kube-apiserver's `XOptions.meta.k8s.io "" is invalid`."""
+    return errors.invalid(kind, "meta.k8s.io", "", causes)
 
 
-def _dry_run(values: Any) -> bool:
+def write_options(query: MultiMapping[str], kind: str, content_type: str = "") -> WriteOptions:
+    """Create/Update/PatchOptions from the query (kind names them in errors), validated as kube's."""
+    causes: list[Cause] = []
+    if content_type == patches.APPLY_PATCH and not query.get("fieldManager"):
+        causes.append(Cause("FieldValueRequired", "Required value: is required for apply patch", "fieldManager"))
+    elif kind == "PatchOptions" and content_type != patches.APPLY_PATCH and "force" in query:
+        causes.append(Cause("FieldValueForbidden", "Forbidden: may not be specified for non-apply patch", "force"))
+    dry_run = _dry_run(query.getall("dryRun", []), causes)
+    directive = query.get("fieldValidation", "")
+    if directive not in ("", "Ignore", "Strict", "Warn"):
+        causes.append(Cause("FieldValueNotSupported", f"Unsupported value: {json.dumps(directive)}: supported "
+                                                      'values: "", "Ignore", "Strict", "Warn"', "fieldValidation"))
+    if causes:
+        raise _options_invalid(kind, causes)
+    return WriteOptions(dry_run=dry_run, field_validation=directive or "Warn")
+
+
+def _dry_run(values: Any, causes: list[Cause]) -> bool:
     flat = [v for value in values for v in (value if isinstance(value, list) else [value])]
-    for value in flat:
-        if value != "All":
-            raise errors.bad_request(f'dryRun: Unsupported value: "{value}": supported values: "All"')
+    if any(value != "All" for value in flat):
+        causes.append(Cause("FieldValueNotSupported", f'Unsupported value: {json.dumps(flat, separators=(",", ":"))}'
+                                                      ': supported values: "All"', "dryRun"))
     return bool(flat)
 
 
@@ -173,17 +187,20 @@ def delete_options(query: MultiMapping[str], body: Any) -> DeleteOptions:
     body = body if isinstance(body, Mapping) else {}
     grace: Any = body.get("gracePeriodSeconds", query.get("gracePeriodSeconds"))
     policy = body.get("propagationPolicy", query.get("propagationPolicy"))
+    causes: list[Cause] = []
     if policy is not None and policy not in ("Orphan", "Background", "Foreground"):
-        raise errors.invalid("DeleteOptions", "", "", [Cause(
-            "FieldValueNotSupported", f'Unsupported value: "{policy}": supported values: "Foreground", '
-                                      '"Background", "Orphan"', "propagationPolicy")])
+        causes.append(Cause("FieldValueNotSupported", f"Unsupported value: {json.dumps(policy)}: supported values: "
+                                                      '"Foreground", "Background", "Orphan", "nil"',
+                            "propagationPolicy"))
     try:
         grace_seconds = int(grace) if grace is not None else None
     except (TypeError, ValueError):
         raise errors.bad_request(f'invalid gracePeriodSeconds: "{grace}"') from None
-    dry = body.get("dryRun") or query.getall("dryRun", [])
+    dry_run = _dry_run(body.get("dryRun") or query.getall("dryRun", []), causes)
+    if causes:
+        raise _options_invalid("DeleteOptions", causes)
     return DeleteOptions(grace_period_seconds=grace_seconds, propagation_policy=policy,
-                         preconditions=body.get("preconditions") or {}, dry_run=_dry_run(dry))
+                         preconditions=body.get("preconditions") or {}, dry_run=dry_run)
 
 
 # --- selectors and paging ----------------------------------------------------------------------------
@@ -262,7 +279,7 @@ class ResourceHandler:
             if target.name or (res.namespaced and namespace is None):
                 raise errors.method_not_allowed()
             _, body = await read_body(request)
-            opts = write_options(query)
+            opts = write_options(query, "CreateOptions")
             new_obj = self.objects.create(res, namespace or "", body, opts)
             return self._object_response(res, new_obj, rep, query, 201, opts.warnings)
         if verb == "list":
@@ -285,12 +302,12 @@ class ResourceHandler:
             return self._object_response(res, found, rep, query)
         if verb == "update":
             _, body = await read_body(request)
-            opts = write_options(query)
+            opts = write_options(query, "UpdateOptions")
             stored, created = self.objects.update(res, namespace or "", target.name, body, target.subresource, opts)
             return self._object_response(res, stored, rep, query, 201 if created else 200, opts.warnings)
         if verb == "patch":
             content_type, body = await read_body(request)
-            opts = write_options(query)
+            opts = write_options(query, "PatchOptions", content_type)
             stored, created = self.objects.patch(res, namespace or "", target.name, content_type, body,
                                                  target.subresource, opts)
             return self._object_response(res, stored, rep, query, 201 if created else 200, opts.warnings)
@@ -299,7 +316,7 @@ class ResourceHandler:
                 raise errors.method_not_allowed()
             options = delete_options(query, await _optional_json(request))
             current, gone = self.objects.delete(res, namespace or "", target.name, options)
-            if gone and not res.returns_deleted_object:
+            if gone:  # custom resources too: kube answers with the object only while it waits for finalizers
                 return json_response(errors.success_status(name=target.name, group=res.group, kind=res.plural,
                                                            uid=current["metadata"]["uid"]))
             return self._object_response(res, current, rep, query)
@@ -341,7 +358,8 @@ class ResourceHandler:
         if token:
             start = _decode_continue(token)
             items = [o for o in items if (o["metadata"].get("namespace", ""), o["metadata"]["name"]) > start]
-        meta: JSON = {"resourceVersion": rv}
+        # An unstructured list (custom resources) carries an empty `continue`, a typed one omits it.
+        meta: JSON = {"continue": "", "resourceVersion": rv} if res.is_custom else {"resourceVersion": rv}
         limit = int(query.get("limit") or 0) if (query.get("limit") or "0").isdigit() else 0
         if limit and len(items) > limit:
             last = items[limit - 1]["metadata"]

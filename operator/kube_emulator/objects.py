@@ -17,6 +17,7 @@ are kube-apiserver's generic registry and strategies, for the kinds this emulato
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,7 @@ JSON = dict[str, Any]
 PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
 UNCONDITIONAL_UPDATE_FORBIDDEN = ("customresourcedefinitions",)  # plus every custom resource
 CREATE_ON_UPDATE = {("", "events"), ("coordination.k8s.io", "leases")}
+GC_FINALIZERS = {"Orphan": "orphan", "Foreground": "foregroundDeletion"}  # propagationPolicy -> finalizer
 
 
 @dataclass
@@ -224,8 +226,9 @@ class Objects:
             raise errors.not_found(res.plural, res.group, name)
         rv = obj["metadata"].get("resourceVersion")
         if not rv and (res.is_custom or res.plural in UNCONDITIONAL_UPDATE_FORBIDDEN):
-            raise errors.invalid(res.kind, res.group, name, [Cause(
-                "FieldValueInvalid", "Invalid value: 0x0: must be specified for an update",
+            # The generic registry names the resource (plural) where the kind would be.
+            raise errors.invalid(res.plural, res.group, name, [Cause(
+                "FieldValueInvalid", "Invalid value: 0: must be specified for an update",
                 "metadata.resourceVersion")])
         if rv and rv != old["metadata"]["resourceVersion"]:
             raise errors.conflict(res.plural, res.group, name)
@@ -262,11 +265,14 @@ class Objects:
             metadata["namespace"] = old_meta["namespace"]
         metadata["resourceVersion"] = old_meta["resourceVersion"]
         if old_meta.get("deletionTimestamp"):
-            added = [f for f in metadata.get("finalizers") or () if f not in (old_meta.get("finalizers") or ())]
+            added = sorted({f for f in metadata.get("finalizers") or () if f not in (old_meta.get("finalizers") or ())})
             if added:
-                raise errors.invalid(res.kind, res.group, old_meta["name"], [Cause(
-                    "FieldValueForbidden", "Forbidden: no new finalizers can be added if the object is being "
-                                           f"deleted, found new finalizers {added!r}", "metadata.finalizers")])
+                go_list = "[]string{" + ", ".join(json.dumps(f) for f in added) + "}"
+                cause = Cause("FieldValueForbidden", "Forbidden: no new finalizers can be added if the object is "
+                                                     f"being deleted, found new finalizers {go_list}",
+                              "metadata.finalizers")
+                # Twice, as kube reports it: the common metadata checks and the strategy's both find it.
+                raise errors.invalid(res.kind, res.group, old_meta["name"], [cause, cause])
         new = self._admit(res, new, old, opts)
         if res.has_generation and subresource is None and _non_metadata(new) != _non_metadata(old):
             new["metadata"]["generation"] = old_meta.get("generation", 1) + 1
@@ -274,12 +280,15 @@ class Objects:
             return old  # nothing changed: no write, no event, the same resourceVersion
         if opts.dry_run:
             return new
+        if new["metadata"].get("deletionTimestamp") and not self._blocking_finalizers(res, new):
+            # The last finalizer gone: kube deletes instead of updating (one DELETED event, which carries
+            # the object as last stored) and answers with the object as the update made it.
+            self._remove(res, old)
+            return new
         stored = self.store.commit(res.storage_key, MODIFIED, new, old)
         if res.storage_key == CRD_KEY and not stored["metadata"].get("deletionTimestamp"):
             self.registry.register_crd(stored)
             stored = self._establish(stored)
-        if stored["metadata"].get("deletionTimestamp") and not self._blocking_finalizers(res, stored):
-            self._remove(res, stored)
         return stored
 
     def _blocking_finalizers(self, res: Resource, obj: Mapping[str, Any]) -> bool:
@@ -330,7 +339,7 @@ class Objects:
     # --- delete --------------------------------------------------------------------------------
 
     def delete(self, res: Resource, namespace: str, name: str, options: DeleteOptions) -> tuple[JSON, bool]:
-        """Returns the object as it is now and whether it is gone (else it waits for finalizers)."""
+        """Returns the object the answer shows and whether it was removed at once (else it waits for finalizers)."""
         ns = namespace if res.namespaced else ""
         old = self.store.get(res.storage_key, ns, name)
         if old is None:
@@ -339,13 +348,17 @@ class Objects:
         if res.storage_key == NAMESPACES_KEY and name in PROTECTED_NAMESPACES:
             raise errors.forbidden("namespaces", "", name, "this namespace may not be deleted")
         terminating = res.storage_key in (NAMESPACES_KEY, CRD_KEY)
-        if not terminating and not old["metadata"].get("finalizers"):
+        # Orphan and Foreground leave the object to the garbage collector, behind a finalizer of its own.
+        collector = GC_FINALIZERS.get(options.propagation_policy or "")
+        if not terminating and not old["metadata"].get("finalizers") and collector is None:
             if options.dry_run:
                 return old, True
             return self._remove(res, old), True
         if old["metadata"].get("deletionTimestamp"):
             return old, False
         marked = _copy(old)
+        if collector is not None and collector not in (marked["metadata"].get("finalizers") or ()):
+            marked["metadata"]["finalizers"] = [*(marked["metadata"].get("finalizers") or ()), collector]
         marked["metadata"]["deletionTimestamp"] = meta.now()
         marked["metadata"]["deletionGracePeriodSeconds"] = options.grace_period_seconds or 0
         if res.has_generation:
@@ -365,19 +378,33 @@ class Objects:
             self._empty_namespace(name)
         elif res.storage_key == CRD_KEY:
             self._empty_crd(stored)
-        current = self.store.get(res.storage_key, ns, name)
-        return (stored, False) if current is not None else (stored, True)
+        if collector is not None:
+            self._collect(res, stored, collector)
+        # Even when that already removed it, the answer is the object marked for deletion, as kube's
+        # (namespaces and CRDs always wait for their finalizers there).
+        return stored, False
+
+    def _collect(self, res: Resource, obj: JSON, collector: str) -> None:
+        """The garbage collector's part: ownerReferences are never followed here, so there are no dependents
+        to orphan or delete first, and it removes its finalizer at once (the last one: the object goes)."""
+        finalized = _copy(obj)
+        finalized["metadata"]["finalizers"] = [f for f in obj["metadata"]["finalizers"] if f != collector]
+        if not finalized["metadata"]["finalizers"]:
+            del finalized["metadata"]["finalizers"]
+        self._replace(res, obj, finalized, None, WriteOptions())
 
     def _check_preconditions(self, res: Resource, old: JSON, preconditions: Mapping[str, Any]) -> None:
+        """As rest.BeforeDelete checks them: the conflict names the kind where the resource would be."""
         uid, rv = preconditions.get("uid"), preconditions.get("resourceVersion")
         name = old["metadata"]["name"]
         if uid and uid != old["metadata"]["uid"]:
-            raise errors.conflict(res.plural, res.group, name, f"Precondition failed: UID in precondition: {uid}, "
-                                                               f"UID in object meta: {old['metadata']['uid']}")
+            raise errors.conflict(res.kind, res.group, name, f"the UID in the precondition ({uid}) does not match "
+                                  f"the UID in record ({old['metadata']['uid']}). The object might have been "
+                                  "deleted and then recreated")
         if rv and rv != old["metadata"]["resourceVersion"]:
-            raise errors.conflict(res.plural, res.group, name,
-                                  f"Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion "
-                                  f"in object meta: {old['metadata']['resourceVersion']}")
+            raise errors.conflict(res.kind, res.group, name, f"the ResourceVersion in the precondition ({rv}) does "
+                                  f"not match the ResourceVersion in record ({old['metadata']['resourceVersion']}). "
+                                  "The object might have been modified")
 
     def _remove(self, res: Resource, obj: JSON) -> JSON:
         gone = self.store.commit(res.storage_key, DELETED, _copy(obj), obj)

@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kube_emulator import errors
-from kube_emulator.schema import Cause
 
 JSON = dict[str, Any]
 MergeKeys = Mapping[str, str | tuple[str, ...]]
@@ -41,14 +40,9 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 
 def _rejected(detail: str, field: str = "") -> errors.ApiError:
-    # kube-apiserver answers a failed JSON patch with a generic 422 (NewGenericServerResponse);
-    # the cause carries the json-patch library's explanation, which the bare apiserver omits.
-    return errors.ApiError(
-        422,
-        "the server rejected our request due to an error in our request",
-        "Invalid",
-        {"causes": [Cause("FieldValueInvalid", detail, field).as_status_cause()]},
-    )
+    """kube-apiserver answers a JSON patch that cannot apply with a generic 422 (NewGenericServerResponse)
+    that says nothing more: `detail` and `field` only tell the emulator's reader (and its logs) why."""
+    return errors.ApiError(422, "the server rejected our request due to an error in our request", "Invalid", {})
 
 
 def _pointer(path: str) -> list[str]:

@@ -21,6 +21,8 @@ JSON = dict[str, Any]
 StorageKey = tuple[str, str]  # (group, plural)
 
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
+# A custom resource's verbs in the order apiextensions-apiserver lists them in discovery.
+CRD_VERBS = ("delete", "deletecollection", "get", "list", "patch", "create", "update", "watch")
 SUBRESOURCE_VERBS = ("get", "patch", "update")
 # A marker in `merge_keys`: a list of scalars that strategic merge unions instead of replacing.
 MERGE_SCALARS = ""
@@ -48,7 +50,6 @@ class Resource:
     # Metadata semantics that differ between kinds in kube-apiserver.
     has_generation: bool = False
     create_drops_status: bool = False  # CRs with a status subresource: create cannot set status
-    returns_deleted_object: bool = False  # CRs answer a delete with the object, builtins with Status
     # CRD-given behaviour.
     schema: Mapping[str, Any] | None = None
     printer_columns: tuple[Mapping[str, Any], ...] = ()
@@ -60,6 +61,7 @@ class Resource:
     renames: Mapping[str, str] = field(default_factory=dict)
     crd_name: str | None = None
     storage_group: str | None = None  # when the storage is another group's (events.k8s.io)
+    storage_version: str | None = None  # when etcd holds another version (CRDs: v1beta1); discovery's hash
 
     @property
     def api_version(self) -> str:
@@ -95,7 +97,10 @@ class Resource:
             main["shortNames"] = list(self.short_names)
         if self.categories:
             main["categories"] = list(self.categories)
-        digest = hashlib.sha256(f"{self.group}/{self.version}/{self.kind}".encode()).digest()
+        # The hash of the storage version's group/version/kind: events.k8s.io events share core's.
+        storage_group = self.group if self.storage_group is None else self.storage_group
+        storage_version = self.storage_version or self.version
+        digest = hashlib.sha256(f"{storage_group}/{storage_version}/{self.kind}".encode()).digest()
         main["storageVersionHash"] = _b64(digest[:8])
         entries = [main]
         for sub in (("status",) if self.status_subresource else ()) + self.extra_subresources:
@@ -230,6 +235,7 @@ BUILTINS: tuple[Resource, ...] = (
         status_subresource=True,
         has_generation=True,
         merge_keys={**_META_MERGE_KEYS, "status.conditions": "type"},
+        storage_version="v1beta1",
     ),
 )
 CRD_KEY: StorageKey = ("apiextensions.k8s.io", "customresourcedefinitions")
@@ -324,10 +330,10 @@ def resources_of_crd(crd: Mapping[str, Any]) -> Iterable[Resource]:
             namespaced=spec["scope"] == "Namespaced",
             short_names=tuple(names.get("shortNames") or ()),
             categories=tuple(names.get("categories") or ()),
+            verbs=CRD_VERBS,
             status_subresource=has_status,
             has_generation=True,
             create_drops_status=has_status,
-            returns_deleted_object=True,
             schema=schema,
             printer_columns=tuple(ver.get("additionalPrinterColumns") or ()),
             selectable_fields=selectable,

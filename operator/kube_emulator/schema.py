@@ -197,6 +197,8 @@ def _go_error_value(value: Any) -> str:
         return _go_float(value)
     if isinstance(value, str):
         return _go_quote(value)
+    if isinstance(value, Mapping | list | tuple):
+        return _go_json(value)  # encoding/json for maps and slices, as ErrorBody tries first
     return _go_sharp_v(value)
 
 

@@ -3,6 +3,11 @@
 Uses the official ``kubernetes`` client, whose calls block, in a small thread pool so the asyncio loop
 never waits on the network. Errors leave as ``KubeError`` with the HTTP status, so callers can tell a
 conflict (409) or a vanished object (404) from an outage (retry with backoff).
+
+Every answer is read as plain JSON (``_preload_content=False``), never through the client's models: those
+(pydantic since kubernetes 36) refuse objects the API server accepts, e.g. a Node without a kubelet, whose
+``status.nodeInfo`` is empty or partial. A write that landed then looked like a failure and was retried
+forever. Plain JSON is also what the callers work with.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime
+import json
 import logging
 import socket
 import uuid
@@ -91,30 +97,30 @@ class KubeClient:
     # --- VirtualMachines -------------------------------------------------------------------------
 
     async def list_vms(self, namespace: str | None = None) -> list[dict[str, Any]]:
-        def fn() -> dict[str, Any]:
+        def fn() -> Any:
             if namespace:
-                return self.custom.list_namespaced_custom_object(  # type: ignore[no-any-return]
-                    GROUP, VERSION, namespace, PLURAL, _request_timeout=self._timeout)
-            return self.custom.list_cluster_custom_object(  # type: ignore[no-any-return]
-                GROUP, VERSION, PLURAL, _request_timeout=self._timeout)
-        result = await self._call("list", PLURAL, fn)
+                return self.custom.list_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, _request_timeout=self._timeout, _preload_content=False)
+            return self.custom.list_cluster_custom_object(
+                GROUP, VERSION, PLURAL, _request_timeout=self._timeout, _preload_content=False)
+        result = await self._call("list", PLURAL, lambda: _decode(fn()))
         return list(result.get("items") or [])
 
     async def get_vm(self, namespace: str, name: str) -> dict[str, Any]:
-        return await self._call("get", PLURAL, lambda: self.custom.get_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name, _request_timeout=self._timeout))
+        return await self._call("get", PLURAL, lambda: _decode(self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, _request_timeout=self._timeout, _preload_content=False)))
 
     async def patch_vm_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
         body = {"status": dict(status)}
-        return await self._call("patch", f"{PLURAL}/status", lambda: (
+        return await self._call("patch", f"{PLURAL}/status", lambda: _decode(
             self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, PLURAL, name, body, _content_type=MERGE,
-                _request_timeout=self._timeout)))
+                _request_timeout=self._timeout, _preload_content=False)))
 
     async def json_patch_vm(self, namespace: str, name: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
-        return await self._call("patch", PLURAL, lambda: self.custom.patch_namespaced_custom_object(
+        return await self._call("patch", PLURAL, lambda: _decode(self.custom.patch_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, name, ops, _content_type=JSON_PATCH,
-            _request_timeout=self._timeout))
+            _request_timeout=self._timeout, _preload_content=False)))
 
     async def add_finalizer(self, vm: Mapping[str, Any], finalizer: str) -> dict[str, Any]:
         meta = vm["metadata"]
@@ -171,29 +177,31 @@ class KubeClient:
             "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "count": 1,
         }
-        await self._call("create", "events", lambda: self.core.create_namespaced_event(
-            namespace, body, _request_timeout=self._timeout))
+        await self._call("create", "events", lambda: _decode(self.core.create_namespaced_event(
+            namespace, body, _request_timeout=self._timeout, _preload_content=False)))
 
     # --- Nodes -----------------------------------------------------------------------------------
 
     async def get_node(self, name: str) -> dict[str, Any]:
-        def fn() -> dict[str, Any]:
-            resp = self.core.read_node(name, _request_timeout=self._timeout, _preload_content=False)
-            import json
-            return json.loads(resp.data)  # type: ignore[no-any-return]
-        return await self._call("get", "nodes", fn)
+        return await self._call("get", "nodes", lambda: _decode(self.core.read_node(
+            name, _request_timeout=self._timeout, _preload_content=False)))
 
-    async def patch_node(self, name: str, patch: Mapping[str, Any]) -> None:
-        await self._call("patch", "nodes", lambda: self.core.patch_node(
-            name, dict(patch), _content_type=STRATEGIC, _request_timeout=self._timeout))
+    async def patch_node(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._call("patch", "nodes", lambda: _decode(self.core.patch_node(
+            name, dict(patch), _content_type=STRATEGIC, _request_timeout=self._timeout, _preload_content=False)))
 
-    async def patch_node_status(self, name: str, patch: Mapping[str, Any]) -> None:
-        await self._call("patch", "nodes/status", lambda: self.core.patch_node_status(
-            name, dict(patch), _content_type=STRATEGIC, _request_timeout=self._timeout))
+    async def patch_node_status(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._call("patch", "nodes/status", lambda: _decode(self.core.patch_node_status(
+            name, dict(patch), _content_type=STRATEGIC, _request_timeout=self._timeout, _preload_content=False)))
+
+
+def _decode(response: Any) -> dict[str, Any]:
+    """The answer's JSON body (the raw urllib3 response of a call made with ``_preload_content=False``)."""
+    data = json.loads(response.data or b"{}")
+    return data if isinstance(data, dict) else {}
 
 
 def _message(exc: ApiException) -> str:
-    import json
     try:
         body = json.loads(exc.body or "{}")
     except ValueError:

@@ -40,13 +40,13 @@ class ApiError(Exception):
 
     code: int
     message: str
-    reason: str = ""
+    reason: str | None = ""  # "": the usual reason of the code; None: no reason at all
     details: JSON | None = None
     headers: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
-        if not self.reason:
+        if self.reason == "":
             self.reason = REASONS.get(self.code, "Unknown")
 
     def status(self) -> JSON:
@@ -56,8 +56,9 @@ class ApiError(Exception):
             "metadata": {},
             "status": "Failure",
             "message": self.message,
-            "reason": self.reason,
         }
+        if self.reason is not None:
+            body["reason"] = self.reason
         if self.details is not None:
             body["details"] = self.details
         body["code"] = self.code

@@ -203,6 +203,67 @@ def delete_options(query: MultiMapping[str], body: Any) -> DeleteOptions:
                          preconditions=body.get("preconditions") or {}, dry_run=dry_run)
 
 
+def _go_parse_uint(text: str) -> str | None:
+    """What Go's strconv.ParseUint says is wrong with `text` (None: nothing)."""
+    if not text.isascii() or not text.isdigit():
+        return f'strconv.ParseUint: parsing "{text}": invalid syntax'
+    if int(text) >= 2**64:
+        return f'strconv.ParseUint: parsing "{text}": value out of range'
+    return None
+
+
+def list_options(query: Mapping[str, str], *, watch: bool) -> bool:
+    """ListOptions checked as kube-apiserver's ValidateListOptions; returns whether a watch sends its
+    initial events (kube 1.34 makes a watch without resourceVersion, or from "0", a watch-list)."""
+    rv = query.get("resourceVersion", "")
+    problem = _go_parse_uint(rv) if rv else None
+    if problem is not None:
+        detail = f"resourceVersion: Invalid value: {json.dumps(rv)}: {problem}"
+        if watch:  # the watch path reports it as an internal error, without a reason
+            raise errors.ApiError(500, detail, None)
+        raise errors.bad_request(f"invalid resource version: {detail}")
+    match = query.get("resourceVersionMatch", "")
+    send_initial = query.get("sendInitialEvents")
+    causes: list[Cause] = []
+
+    def forbidden(field: str, why: str) -> None:
+        causes.append(Cause("FieldValueForbidden", f"Forbidden: {why}", field))
+
+    def not_supported(supported: str) -> None:
+        causes.append(Cause("FieldValueNotSupported", f"Unsupported value: {json.dumps(match)}: supported values: "
+                                                      f"{supported}", "resourceVersionMatch"))
+
+    if watch:
+        if send_initial is not None and match != "NotOlderThan":
+            forbidden("resourceVersionMatch", "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan")
+        if match:
+            if send_initial is None:
+                forbidden("resourceVersionMatch",
+                          "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided")
+            if match != "NotOlderThan":
+                not_supported('"NotOlderThan"')
+            if query.get("continue"):
+                forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden when continue is provided")
+    else:
+        if match:
+            if not rv:
+                forbidden("resourceVersionMatch",
+                          "resourceVersionMatch is forbidden unless resourceVersion is provided")
+            if query.get("continue"):
+                forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden when continue is provided")
+            if match not in ("Exact", "NotOlderThan"):
+                not_supported('"Exact", "NotOlderThan", ""')
+            if match == "Exact" and rv == "0":
+                forbidden("resourceVersionMatch", 'resourceVersionMatch "exact" is forbidden for resourceVersion "0"')
+        if send_initial is not None:
+            forbidden("sendInitialEvents", "sendInitialEvents is forbidden for list")
+    if causes:
+        raise errors.invalid("ListOptions", "meta.k8s.io", "", causes)
+    if send_initial is None:
+        return watch and rv in ("", "0") and not match
+    return send_initial.lower() in TRUE
+
+
 # --- selectors and paging ----------------------------------------------------------------------------
 
 
@@ -283,6 +344,7 @@ class ResourceHandler:
             new_obj = self.objects.create(res, namespace or "", body, opts)
             return self._object_response(res, new_obj, rep, query, 201, opts.warnings)
         if verb == "list":
+            list_options(query, watch=False)
             return self._list(res, namespace, query, rep)
         if verb == "watch":
             return await self._watch(request, res, namespace, target.name, query, rep)
@@ -397,7 +459,7 @@ class ResourceHandler:
             predicate=predicate_for(res, query, name),
             resource_version=query.get("resourceVersion"),
             bookmarks=query.get("allowWatchBookmarks", "").lower() in TRUE,
-            send_initial_events=query.get("sendInitialEvents", "").lower() in TRUE,
+            send_initial_events=list_options(query, watch=True),
             timeout=timeout,
             table_columns=self._columns(res) if rep.mode == "table" else None,
             table_version=rep.meta_version,

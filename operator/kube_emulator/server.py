@@ -164,6 +164,7 @@ class KubeEmulator:
         for doc in load_manifests(self.crd_paths):
             if doc.get("kind") == "CustomResourceDefinition":
                 install_crd(self._objects, doc)
+        self.store.start_history()
         self._seeded = True
 
     # --- kubeconfig ---

@@ -137,6 +137,11 @@ class Store:
             self._objects[key][(meta.get("namespace", ""), meta["name"])] = obj
         self._rv = self._compacted = rv
 
+    def start_history(self) -> None:
+        """Watches may start from now on, not earlier: kube-apiserver's watch caches start with the server,
+        so a watch from a resourceVersion older than that gets 410 Expired."""
+        self._compacted = self._rv
+
     def since(self, key: StorageKey, rv: int) -> list[Event]:
         """The events of `key` after `rv`; 410 Expired if some of them may have left the history."""
         if rv < self._compacted:

@@ -2,13 +2,16 @@
 
 As kube-apiserver's watch cache does it:
 
-- no resourceVersion (or "0"): the current objects first, as ADDED, then changes;
+- no resourceVersion (or "0"): the current objects first, as ADDED, then changes (kube 1.34 makes
+  this a watch-list: `sendInitialEvents` is implied, so with bookmarks the initial-events-end BOOKMARK
+  follows them);
 - a resourceVersion: the kept history after it, then changes; older than the history: one ERROR
   event carrying a 410 `Expired` Status, in a 200 response;
 - `sendInitialEvents=true`: the current objects, then a BOOKMARK annotated
   `k8s.io/initial-events-end: "true"` (kopf's and client-go's streaming lists);
-- `allowWatchBookmarks=true`: a BOOKMARK with the current resourceVersion whenever the stream was
-  idle for the bookmark interval;
+- `allowWatchBookmarks=true`: a BOOKMARK every bookmark interval and 2 s before `timeoutSeconds`
+  ends the stream, carrying the resourceVersion of the resource's latest change, once that is newer
+  than where the watch started (an idle resource gets none);
 - selectors see both sides of a change: an object that starts matching arrives as ADDED, one that
   stops matching as DELETED;
 - `timeoutSeconds` ends the stream; so do the client going away, the server stopping, and the
@@ -33,6 +36,7 @@ from kube_emulator.store import ADDED, DELETED, MODIFIED, Event, Store, Watcher
 logger = logging.getLogger(__name__)
 JSON = dict[str, Any]
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+PRE_TIMEOUT_BOOKMARK = 2.0  # seconds before a watch's deadline that the watch cache sends a BOOKMARK
 
 
 @dataclass
@@ -105,7 +109,7 @@ class WatchStream:
         return _dumps({"type": event_type, "object": rendered})
 
     def _bookmark(self, rv: str, *, initial_end: bool = False) -> bytes:
-        metadata: JSON = {"resourceVersion": rv, "creationTimestamp": None}
+        metadata: JSON = {"resourceVersion": rv}
         if initial_end:
             metadata["annotations"] = {INITIAL_EVENTS_END: "true"}
         obj = {"kind": self.req.res.kind, "apiVersion": self.req.res.api_version, "metadata": metadata}
@@ -119,6 +123,7 @@ class WatchStream:
             initial: list[bytes] = []
             replay: list[Event] = []
             snapshot_rv = self.store.resource_version
+            start_rv = int(snapshot_rv)  # what the client knows once the initial events (or replay) are in
             rv = self.req.resource_version
             if self.req.send_initial_events or rv in (None, "", "0"):
                 for obj in self.store.objects_of(res.storage_key, self.req.namespace):
@@ -128,7 +133,7 @@ class WatchStream:
                     initial.append(self._bookmark(snapshot_rv, initial_end=True))
             else:
                 try:
-                    since = int(rv)  # type: ignore[arg-type]
+                    since = start_rv = int(rv)  # type: ignore[arg-type]
                 except ValueError:
                     raise errors.bad_request(f'invalid resource version "{rv}"') from None
                 try:
@@ -148,7 +153,7 @@ class WatchStream:
                     kind = self._translate(event)
                     if kind is not None:
                         await response.write(self._encode(kind, event))
-                await self._stream(response, watcher)
+                await self._stream(response, watcher, start_rv, max((e.rv for e in replay), default=0))
             except ConnectionError:
                 pass  # the client went away (or the server dropped it): nothing left to send
             return response
@@ -164,24 +169,42 @@ class WatchStream:
         await response.write_eof()
         return response
 
-    async def _stream(self, response: web.StreamResponse, watcher: Watcher) -> None:
+    def _next_bookmark(self, now: float, deadline: float | None) -> float | None:
+        """When the next BOOKMARK is due, as the watch cache schedules them: every bookmark interval, and
+        2 s before the deadline; None when neither comes before the watch ends."""
+        if not self.req.bookmarks:
+            return None
+        due = now + self.bookmark_interval
+        if deadline is not None:
+            due = min(due, deadline - PRE_TIMEOUT_BOOKMARK)
+        return due if due >= now else None
+
+    async def _stream(self, response: web.StreamResponse, watcher: Watcher, start_rv: int, progress: int) -> None:
+        """Live events. A BOOKMARK carries the resourceVersion of the resource's latest change (`progress`)
+        and, as from kube's watch cache, only once that is past the watch's start."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.req.timeout if self.req.timeout is not None else None
+        bookmark_at = self._next_bookmark(loop.time(), deadline)
         while True:
-            remaining = None if deadline is None else deadline - loop.time()
+            now = loop.time()
+            remaining = None if deadline is None else deadline - now
             if remaining is not None and remaining <= 0:
                 break
             wait = remaining
-            if self.req.bookmarks:
-                wait = self.bookmark_interval if wait is None else min(wait, self.bookmark_interval)
+            if bookmark_at is not None:
+                wait = max(0.0, bookmark_at - now) if wait is None else min(wait, max(0.0, bookmark_at - now))
             try:
                 event = await watcher.next(wait)
             except TimeoutError:
-                if self.req.bookmarks and not watcher.pending() and (deadline is None or loop.time() < deadline):
-                    await response.write(self._bookmark(self.store.resource_version))
+                now = loop.time()
+                if bookmark_at is not None and now >= bookmark_at:
+                    if not watcher.pending() and progress > start_rv:
+                        await response.write(self._bookmark(str(progress)))
+                    bookmark_at = self._next_bookmark(now, deadline)
                 continue
             if event is None:
                 break  # the server closed this watch (stopping, going offline, client too slow)
+            progress = max(progress, event.rv)
             kind = self._translate(event)
             if kind is not None:
                 await response.write(self._encode(kind, event))

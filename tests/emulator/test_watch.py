@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -103,16 +104,51 @@ def test_watch_zero_resource_version_lists_current_objects(emu: EmulatorThread,
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "a")]
 
 
-def test_bookmarks_carry_the_current_resource_version(emu: EmulatorThread,
-                                                      custom: kubernetes.client.CustomObjectsApi) -> None:
+def test_bookmarks_carry_the_resource_version_of_the_latest_change(emu: EmulatorThread,
+                                                                    custom: kubernetes.client.CustomObjectsApi) -> None:
     custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, gadget("a"))
     rv = custom.list_namespaced_custom_object(GROUP, VERSION, "default", PLURAL)["metadata"]["resourceVersion"]
-    for event in stream(emu, f"{BASE}/{PLURAL}?watch=1&allowWatchBookmarks=true&resourceVersion={rv}"
-                             "&timeoutSeconds=5"):
-        assert event["type"] == "BOOKMARK"
-        assert event["object"]["kind"] == "Gadget" and event["object"]["apiVersion"] == f"{GROUP}/{VERSION}"
-        assert event["object"]["metadata"]["resourceVersion"] == rv
-        break
+    events = stream(emu, f"{BASE}/{PLURAL}?watch=1&allowWatchBookmarks=true&resourceVersion={rv}"
+                         "&labelSelector=shown%3Dyes&timeoutSeconds=5")
+    hidden = custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, gadget("b"))
+    event = next(events)
+    assert event["type"] == "BOOKMARK"
+    assert event["object"] == {"kind": "Gadget", "apiVersion": f"{GROUP}/{VERSION}",
+                               "metadata": {"resourceVersion": hidden["metadata"]["resourceVersion"]}}
+
+
+def test_no_bookmark_while_the_resource_has_not_changed(emu: EmulatorThread,
+                                                        custom: kubernetes.client.CustomObjectsApi) -> None:
+    rv = custom.list_namespaced_custom_object(GROUP, VERSION, "default", PLURAL)["metadata"]["resourceVersion"]
+    assert list(stream(emu, f"{BASE}/{PLURAL}?watch=1&allowWatchBookmarks=true&resourceVersion={rv}"
+                            "&timeoutSeconds=1")) == []
+
+
+def test_a_watch_without_resource_version_is_a_watch_list(emu: EmulatorThread,
+                                                          custom: kubernetes.client.CustomObjectsApi) -> None:
+    """As in kube 1.34: sendInitialEvents is implied, so bookmarks end the initial events."""
+    custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, gadget("a"))
+    events = collect(emu, f"{BASE}/{PLURAL}?watch=1&allowWatchBookmarks=true&timeoutSeconds=5", 2)
+    assert [e["type"] for e in events] == ["ADDED", "BOOKMARK"]
+    assert events[1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+
+
+def test_bookmark_two_seconds_before_the_timeout() -> None:
+    server = EmulatorThread(crd_paths=[FIXTURE_CRD])  # the default bookmark interval: longer than the watch
+    try:
+        client = make_api_client(server.url)
+        custom = kubernetes.client.CustomObjectsApi(client)
+        rv = custom.list_namespaced_custom_object(GROUP, VERSION, "default", PLURAL)["metadata"]["resourceVersion"]
+        events = stream(server, f"{BASE}/{PLURAL}?watch=1&allowWatchBookmarks=true&resourceVersion={rv}"
+                                "&labelSelector=shown%3Dyes&timeoutSeconds=3")
+        custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, gadget("hidden"))
+        started = time.monotonic()
+        assert next(events)["type"] == "BOOKMARK"
+        assert time.monotonic() - started < 2
+        assert list(events) == []
+        client.close()
+    finally:
+        server.close()
 
 
 def test_send_initial_events_ends_with_an_annotated_bookmark(emu: EmulatorThread,
@@ -126,8 +162,15 @@ def test_send_initial_events_ends_with_an_annotated_bookmark(emu: EmulatorThread
     assert second["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
 
 
-def test_timeout_seconds_ends_the_stream(emu: EmulatorThread) -> None:
-    assert list(stream(emu, f"{BASE}/{PLURAL}?watch=1&resourceVersion=1&timeoutSeconds=1")) == []
+def test_timeout_seconds_ends_the_stream(emu: EmulatorThread, custom: kubernetes.client.CustomObjectsApi) -> None:
+    rv = custom.list_namespaced_custom_object(GROUP, VERSION, "default", PLURAL)["metadata"]["resourceVersion"]
+    assert list(stream(emu, f"{BASE}/{PLURAL}?watch=1&resourceVersion={rv}&timeoutSeconds=1")) == []
+
+
+def test_a_resource_version_from_before_the_start_is_410_expired(emu: EmulatorThread) -> None:
+    """The watch cache starts with the server: resourceVersion 1 (a built-in namespace's) is too old."""
+    events = list(stream(emu, f"{BASE}/{PLURAL}?watch=1&resourceVersion=1&timeoutSeconds=1"))
+    assert [(e["type"], e["object"]["code"], e["object"]["reason"]) for e in events] == [("ERROR", 410, "Expired")]
 
 
 def test_too_old_resource_version_is_a_410_expired_error_event(api: kubernetes.client.ApiClient) -> None:

@@ -60,6 +60,7 @@ CLUSTER_GRANTS = {
     ("", "namespaces"): {"list", "watch"},
 }
 NAMESPACE_GRANTS = {("coordination.k8s.io", "leases"): {"get", "list", "watch", "create", "update", "patch"}}
+NODE_RESTRICTION_KINDS = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")  # cluster-scoped
 
 CUSTOM: dict[str, Any] = {
     "image": {"repository": "registry.example.com/virt/libvirt-operator", "tag": "1.2.3", "pullPolicy": "Always"},
@@ -156,9 +157,9 @@ def test_helm_lint_passes_strict_with_default_and_custom_values(helm: Helm) -> N
 
 def test_default_render_holds_the_operator_objects_and_no_service_monitor(default_render: Rendered) -> None:
     assert default_render.kinds() == ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "Role", "RoleBinding",
-                                      "Service", "ServiceAccount"]
+                                      "Service", "ServiceAccount", *NODE_RESTRICTION_KINDS]
     for doc in default_render.docs:
-        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding", *NODE_RESTRICTION_KINDS):
             assert doc["metadata"]["namespace"] == NAMESPACE, doc["kind"]
 
 
@@ -479,3 +480,37 @@ def _pyproject() -> dict[str, Any]:
 
     with open(REPO / "pyproject.toml", "rb") as handle:
         return tomllib.load(handle)
+
+
+# --- node restriction (templates/node-restriction.yaml; enforced on a real API server: test_node_restriction.py)
+
+
+def test_node_restriction_policy_confines_the_release_service_account_writes_to_its_node(
+        default_render: Rendered) -> None:
+    policy, binding = default_render.one("ValidatingAdmissionPolicy"), default_render.one(NODE_RESTRICTION_KINDS[1])
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    [condition] = spec["matchConditions"]
+    assert condition["expression"] == f"request.userInfo.username == 'system:serviceaccount:{NAMESPACE}:{FULLNAME}'"
+    matched = {(group, resource): set(rule["operations"]) for rule in spec["matchConstraints"]["resourceRules"]
+               for group in rule["apiGroups"] for resource in rule["resources"]}
+    writes = {key for key, verbs in CLUSTER_GRANTS.items() if verbs & {"create", "update", "patch", "delete"}
+              and key[1] != "events" and not key[1].endswith("/finalizers")}  # finalizers: RBAC-only, an UPDATE
+    assert writes == {(GROUP, PLURAL), (GROUP, f"{PLURAL}/status"), ("", "nodes"), ("", "nodes/status")}
+    assert all("UPDATE" in matched.get(key, set()) for key in writes), matched
+    assert not [key for key in matched if key[1] == "events"]
+    assert "authentication.kubernetes.io/node-name" in json.dumps(spec["variables"])
+
+
+def test_node_restriction_follows_the_service_account_and_can_be_turned_off(helm: Helm) -> None:
+    policy = helm.template({"serviceAccount": {"create": False, "name": "vm-admin"}}).one("ValidatingAdmissionPolicy")
+    assert f"'system:serviceaccount:{NAMESPACE}:vm-admin'" in policy["spec"]["matchConditions"][0]["expression"]
+    assert not set(NODE_RESTRICTION_KINDS) & set(helm.template({"nodeRestriction": {"enabled": False}}).kinds())
+
+
+def test_node_restriction_is_refused_before_kubernetes_1_30_with_the_way_out(helm: Helm) -> None:
+    assert "set nodeRestriction.enabled=false" in helm.template_error(None, "--kube-version", "1.29.9")
+    old = helm.template({"nodeRestriction": {"enabled": False}}, "--kube-version", "1.29.9")
+    assert "DaemonSet" in old.kinds() and not set(NODE_RESTRICTION_KINDS) & set(old.kinds())
+    assert set(NODE_RESTRICTION_KINDS) <= set(helm.template(None, "--kube-version", "1.30.0").kinds())

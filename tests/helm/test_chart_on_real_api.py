@@ -32,6 +32,7 @@ from tests.helm.test_chart import (
     grants,
     operator_command,
 )
+from tests.helm.test_node_restriction import pod_on_node, token_kubeconfig, wait_until_enforced
 
 NODE = "hv-1"
 
@@ -54,16 +55,20 @@ def installed(helm: Helm, control_plane: ControlPlane, tmp_path: Path) -> Iterat
         helm.run("uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", *kube, check=False)
 
 
-def _release_kubeconfig(plane: ControlPlane, path: Path, service_account: str) -> Path:
-    """What in-cluster config gives the pod: the release's ServiceAccount token and the cluster's CA."""
-    token = plane.kubectl("create", "token", service_account, "-n", NAMESPACE, "--duration=1h").strip()
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "pod",
-        "clusters": [{"name": "c", "cluster": {"server": plane.url, "certificate-authority": str(plane.ca_file)}}],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "pod", "context": {"cluster": "c", "user": "sa"}}],
-    }))
-    return path
+@pytest.fixture
+def pod_token(helm: Helm, installed: dict[str, str], control_plane: ControlPlane, kubectl_bin: str) -> Iterator[str]:
+    """What the kubelet gives the operator's pod on NODE: a release ServiceAccount token bound to a Pod on
+    that node, whose node name the chart's node restriction policy (in force) checks every write against."""
+    rendered = helm.template(yaml.safe_load(Path(installed["values"]).read_text()))
+    service_account = rendered.one("ServiceAccount")["metadata"]["name"]
+    if not control_plane.kubectl("get", "node", NODE, "--ignore-not-found", "-o", "name"):
+        control_plane.kubectl("create", "-f", "-", input_text=json.dumps({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": NODE, "labels": {"virt.libvirt-operator.dev/hypervisor": "true"}}}))
+    wait_until_enforced(kubectl_bin, control_plane, f"system:serviceaccount:{NAMESPACE}:{service_account}", NODE,
+                        rendered.one("ValidatingAdmissionPolicy")["metadata"]["name"])
+    with pod_on_node(control_plane, NAMESPACE, service_account, NODE, f"{RELEASE}-operator-{NODE}") as token:
+        yield token
 
 
 def test_helm_install_serves_the_crd_and_every_rbac_rule_names_a_served_resource_and_verb(
@@ -98,22 +103,20 @@ def _discovery(plane: ControlPlane) -> dict[str, dict[str, set[str]]]:
 
 
 def test_operator_with_the_chart_args_env_and_service_account_runs_a_vm_and_the_server_refuses_nothing(
-        helm: Helm, installed: dict[str, str], control_plane: ControlPlane, kubectl_bin: str,
+        helm: Helm, installed: dict[str, str], pod_token: str, control_plane: ControlPlane, kubectl_bin: str,
         tmp_path: Path) -> None:
-    """The container's exact args and env, with the release ServiceAccount's token standing in for
-    in-cluster config: the pod becomes ready on its readiness probe, runs the NOTES' first VM, and the real
-    API server (RBAC enforced) answers none of its requests with 403."""
+    """The container's exact args and env, with the release ServiceAccount's pod-bound token standing in
+    for in-cluster config: the pod becomes ready on its readiness probe, runs the NOTES' first VM, and the
+    real API server (RBAC and the chart's node restriction policy enforced) answers none of its requests
+    with 403."""
     rendered = helm.template(yaml.safe_load(Path(installed["values"]).read_text()))
     service_account = rendered.one("ServiceAccount")["metadata"]["name"]
     admin = kubernetes.client.ApiClient(_configuration(control_plane.admin_kubeconfig))
-    core = kubernetes.client.CoreV1Api(admin)
     custom = kubernetes.client.CustomObjectsApi(admin)
-    if not core.list_node(field_selector=f"metadata.name={NODE}").items:
-        core.create_node({"metadata": {"name": NODE, "labels": {"virt.libvirt-operator.dev/hypervisor": "true"}}})
     user = f"system:serviceaccount:{NAMESPACE}:{service_account}"
     offset = control_plane.audit_offset()
 
-    kubeconfig = _release_kubeconfig(control_plane, tmp_path / "pod.kubeconfig", service_account)
+    kubeconfig = token_kubeconfig(control_plane, tmp_path / "pod.kubeconfig", pod_token)
     env = {k: v for k, v in os.environ.items() if k not in SETTINGS_ENV | EXTRA_ENV}
     env.update(NODE_NAME=NODE, POD_NAMESPACE=NAMESPACE, KUBECONFIG=str(kubeconfig))
     env.update({name: var["value"] for name, var in rendered.env().items() if "value" in var})

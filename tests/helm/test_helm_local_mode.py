@@ -25,6 +25,8 @@ from tests.conftest import wait_for
 from tests.helm.conftest import CHART, NAMESPACE, RELEASE, Helm
 
 FULLNAME = f"{RELEASE}-libvirt-operator"
+# The emulator serves no admissionregistration.k8s.io: the chart refuses its node restriction policy there.
+NO_POLICY = ("--set", "nodeRestriction.enabled=false")
 
 
 class LocalApi:
@@ -88,14 +90,14 @@ def release_secrets(api: LocalApi) -> list[str]:
 
 def test_server_side_dry_run_installs_nothing(local_api: LocalApi) -> None:
     out = local_api.helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace",
-                         "--dry-run=server").stdout
+                         "--dry-run=server", *NO_POLICY).stdout
     assert f"kind: DaemonSet\nmetadata:\n  name: {FULLNAME}" in out
     assert local_api.releases() == []
     assert local_api.get(DAEMONSET) is None
 
 
 def test_install_list_upgrade_and_uninstall_the_chart(local_api: LocalApi) -> None:
-    local_api.helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace")
+    local_api.helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace", *NO_POLICY)
     [release] = local_api.releases()
     assert (release["name"], release["namespace"], release["revision"], release["status"]) == \
         (RELEASE, NAMESPACE, "1", "deployed")
@@ -113,7 +115,7 @@ def test_install_list_upgrade_and_uninstall_the_chart(local_api: LocalApi) -> No
                  f"/api/v1/namespaces/{NAMESPACE}/services/{FULLNAME}-metrics"):
         assert local_api.get(path) is not None, path
 
-    local_api.helm("upgrade", RELEASE, str(CHART), "-n", NAMESPACE, "--set", "operator.logLevel=DEBUG")
+    local_api.helm("upgrade", RELEASE, str(CHART), "-n", NAMESPACE, "--set", "operator.logLevel=DEBUG", *NO_POLICY)
     [release] = local_api.releases()
     assert (release["revision"], release["status"]) == ("2", "deployed")
     upgraded = local_api.get(DAEMONSET)
@@ -127,3 +129,10 @@ def test_install_list_upgrade_and_uninstall_the_chart(local_api: LocalApi) -> No
     assert release_secrets(local_api) == []
     assert local_api.get(DAEMONSET) is None
     assert local_api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}") is not None
+
+
+def test_install_on_an_api_without_admission_policies_is_refused_with_the_way_out(local_api: LocalApi) -> None:
+    done = local_api.helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace", check=False)
+    assert done.returncode != 0
+    assert "does not serve: set nodeRestriction.enabled=false" in done.stderr, done.stderr
+    assert local_api.releases() == [] and local_api.get(DAEMONSET) is None

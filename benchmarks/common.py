@@ -1,4 +1,4 @@
-"""Helpers shared by the scenarios: statistics, API access over HTTP, process readings, scratch space."""
+"""Helpers shared by the scenarios: statistics, VMs over HTTP (apis.Endpoint), process readings, scratch space."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -19,12 +18,12 @@ from typing import Any, TypeVar
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from libvirt_operator.api.constants import GROUP, PLURAL, VERSION
+from benchmarks.apis import Endpoint, vm_path
+from libvirt_operator.api.constants import PLURAL
 from testbed import libvirtd_answers
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
-VM_PATH = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
 # Flags of the operator processes: no DEBUG logging (it costs CPU), no periodic full sync mid-run.
 OPERATOR_FLAGS = ("--log-level", "INFO", "--sync-interval", "600")
 
@@ -90,58 +89,45 @@ def metric_value(text: str, name: str, labels: Mapping[str, str] | None = None) 
     return total
 
 
-def register_node(url: str, name: str) -> None:
-    """Blocking: the Node a kubelet would have registered, with a complete nodeInfo (clients validate it)."""
-    info = {"architecture": "amd64", "bootID": "bench", "containerRuntimeVersion": "none", "kernelVersion": "bench",
-            "kubeProxyVersion": "", "kubeletVersion": "bench", "machineID": "bench", "operatingSystem": "linux",
-            "osImage": "bench", "systemUUID": "bench"}
-    body = {"apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
-            "status": {"nodeInfo": info,
-                       "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]}}
-    request = urllib.request.Request(url + "/api/v1/nodes", data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30):
-        pass
-
-
-def phase_counts(url: str) -> Counter[str]:
-    """Blocking: VirtualMachines by status.phase, as the API server has them."""
-    with urllib.request.urlopen(url + VM_PATH, timeout=30) as resp:
-        items = json.loads(resp.read()).get("items") or []
+def phase_counts(admin: Endpoint, namespace: str) -> Counter[str]:
+    """Blocking: the namespace's VirtualMachines by status.phase, as the API server has them."""
+    items = admin.call("GET", vm_path(namespace)).get("items") or []
     return Counter(str((item.get("status") or {}).get("phase", "")) for item in items)
 
 
-async def create_vms(url: str, manifests: Iterable[Mapping[str, Any]], *, concurrency: int = 16) -> list[str]:
+async def create_vms(admin: Endpoint, manifests: Iterable[Mapping[str, Any]], *, concurrency: int = 16) -> list[str]:
     """POST each VirtualMachine; returns their uids in order."""
     limit = asyncio.Semaphore(concurrency)
-    async with aiohttp.ClientSession() as session:
+    async with admin.session() as session:
         async def one(body: Mapping[str, Any]) -> str:
             async with limit:
-                return await post_vm(session, url, body)
+                return await post_vm(session, admin, body)
         return list(await asyncio.gather(*(one(m) for m in manifests)))
 
 
-async def post_vm(session: aiohttp.ClientSession, url: str, body: Mapping[str, Any]) -> str:
+async def post_vm(session: aiohttp.ClientSession, admin: Endpoint, body: Mapping[str, Any]) -> str:
+    """``session`` is one of ``admin.session()`` (it carries the credential)."""
     namespace = body["metadata"].get("namespace", "default")
-    async with session.post(f"{url}/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}", json=body) as resp:
+    async with session.post(admin.url + vm_path(namespace), json=body) as resp:
         if resp.status != 201:
             raise RuntimeError(f"creating {body['metadata']['name']}: HTTP {resp.status}: {await resp.text()}")
         return str((await resp.json())["metadata"]["uid"])
 
 
-async def list_vms(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
-    async with session.get(url + VM_PATH) as resp:
+async def list_vms(session: aiohttp.ClientSession, admin: Endpoint, namespace: str) -> dict[str, Any]:
+    async with session.get(admin.url + vm_path(namespace)) as resp:
         resp.raise_for_status()
         result: dict[str, Any] = await resp.json()
         return result
 
 
 class PhaseWatcher:
-    """Watches VirtualMachines; records when each name is first seen in the wanted phase (time.monotonic)."""
+    """Watches a namespace's VirtualMachines; records when each name is first seen in the wanted phase
+    (time.monotonic). Its session must be one of ``admin.session()``."""
 
-    def __init__(self, url: str, phase: str) -> None:
-        self.url = url
+    def __init__(self, admin: Endpoint, namespace: str, phase: str) -> None:
+        self.admin = admin
+        self.namespace = namespace
         self.phase = phase
         self.seen: dict[str, float] = {}
         self.seen_wall: dict[str, float] = {}  # time.time() of the same moment
@@ -150,12 +136,12 @@ class PhaseWatcher:
         self._started = asyncio.Event()
 
     async def run(self, session: aiohttp.ClientSession) -> None:
-        listing = await list_vms(session, self.url)
+        listing = await list_vms(session, self.admin, self.namespace)
         for item in listing.get("items") or []:
             self._note(item)
         rv = listing["metadata"]["resourceVersion"]
         params = {"watch": "true", "resourceVersion": rv, "timeoutSeconds": "3600"}
-        async with session.get(self.url + VM_PATH, params=params,
+        async with session.get(self.admin.url + vm_path(self.namespace), params=params,
                                timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as resp:
             resp.raise_for_status()
             self._started.set()

@@ -1,6 +1,7 @@
 """Creation to Running with real QEMU guests: KubeVirt's density-test shape (VMs created 100 ms apart).
 
-The API emulator and the operator run as processes (tests/e2e/harness.py), libvirt is qemu:///system.
+The operator runs as a process (testbed.OperatorProcess) against the API of the run (apis.py: the real
+control plane or the emulator process); libvirt is qemu:///system.
 Latency per VM: from just before its create request is sent to the first watch event showing it Running.
 
 The physical limit is measured the same way right after: the same domain XML (taken from a domain the
@@ -21,9 +22,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import libvirt
 
+from benchmarks.apis import ApiChoice, Endpoint
 from benchmarks.common import (
     OPERATOR_FLAGS,
     PhaseWatcher,
@@ -31,12 +32,10 @@ from benchmarks.common import (
     metric_value,
     post_vm,
     proc_status_kib,
-    register_node,
     scratch_dir,
     settle,
     vm_writes,
 )
-from testbed import EmulatorApi as ApiServer
 from testbed import Host, OperatorProcess, vm_manifest
 
 LIBVIRT_WORKERS = 16  # the operator's default --workers, which also sizes its libvirt call pool
@@ -54,21 +53,20 @@ class CreationResult:
     started_to_seen_s: list[float]
 
 
-def run(count: int, *, interval: float = 0.1, timeout: float = 1800.0) -> CreationResult:
+def run(count: int, apis: ApiChoice, *, interval: float = 0.1, timeout: float = 1800.0) -> CreationResult:
     ensure_libvirtd()
     node = f"bench{uuid.uuid4().hex[:6]}"
     host = Host()
     try:
-        with scratch_dir("lvo-bench-create-") as base:
-            api = ApiServer(base)
-            api.start()
-            register_node(api.url, node)
-            operator = OperatorProcess(api, node, base / "disks", base / "images", *OPERATOR_FLAGS)
+        with scratch_dir("lvo-bench-create-") as base, apis.phase(base, node) as api:
+            operator = OperatorProcess(api.api, node, base / "disks", base / "images", *OPERATOR_FLAGS)
             try:
                 operator.start()
                 api.reset_counts()
-                manifests = [vm_manifest(f"{node}-{i:03d}", node, memory="32Mi") for i in range(count)]
-                latencies, started_to_seen = asyncio.run(_create_paced(api.url, manifests, interval, timeout))
+                manifests = [vm_manifest(f"{node}-{i:03d}", node, memory="32Mi", namespace=api.namespace)
+                             for i in range(count)]
+                latencies, started_to_seen = asyncio.run(
+                    _create_paced(api.admin, api.namespace, manifests, interval, timeout))
                 # Writes counted at the API server once the operator has stopped writing.
                 writes = settle(lambda: vm_writes(api.requests()), quiet=2.0, timeout=60.0)
                 lag = metric_value(operator.metrics(), "libvirt_operator_event_loop_lag_max_seconds")
@@ -79,7 +77,6 @@ def run(count: int, *, interval: float = 0.1, timeout: float = 1800.0) -> Creati
             finally:
                 operator.stop()
                 _remove_owned(host, node)
-                api.stop()
         raw = _raw_baseline(host, template, node, count, interval)
     finally:
         host.close()
@@ -127,12 +124,12 @@ def _raw_baseline(host: Host, template: str, node: str, count: int, interval: fl
             host.remove(uuid_)
 
 
-async def _create_paced(url: str, manifests: Sequence[Mapping[str, Any]], interval: float,
+async def _create_paced(admin: Endpoint, namespace: str, manifests: Sequence[Mapping[str, Any]], interval: float,
                         limit: float) -> tuple[list[float], list[float]]:
     names = [str(m["metadata"]["name"]) for m in manifests]
     created: dict[str, float] = {}
-    async with aiohttp.ClientSession() as session:
-        watcher = PhaseWatcher(url, "Running")
+    async with admin.session() as session:
+        watcher = PhaseWatcher(admin, namespace, "Running")
         watch = asyncio.create_task(watcher.run(session))
         await asyncio.wait_for(watcher.started(), 30)
         start = time.monotonic()
@@ -140,7 +137,7 @@ async def _create_paced(url: str, manifests: Sequence[Mapping[str, Any]], interv
         async def create(i: int, body: Mapping[str, Any]) -> None:
             await asyncio.sleep(max(0.0, start + i * interval - time.monotonic()))
             created[names[i]] = time.monotonic()
-            await post_vm(session, url, body)
+            await post_vm(session, admin, body)
 
         await asyncio.gather(*(create(i, m) for i, m in enumerate(manifests)))
         deadline = time.monotonic() + limit

@@ -1,8 +1,10 @@
-"""The operator in this process, on libvirt's test:///default driver, against the API emulator process.
+"""The operator in this process, on libvirt's test:///default driver, against the API of the run (apis.py).
 
 test:///default keeps its state per process, so whatever acts on the domains (the event burst, the raw
 libvirt listener, a second operator instance) has to live in the operator's process. The operator runs on
-its own loop in its own thread (libvirt_operator.testing.OperatorThread), as in production.
+its own loop in its own thread (libvirt_operator.testing.OperatorThread), as in production. It reads
+what an operator process gets in its environment from this process's (apis.process_env: POD_NAMESPACE, the
+namespace of its Lease on the real API, where the chart's Role lets it hold one).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Resident memory of the operator process with many VMs, idle.
 
 `libvirt-operator run --libvirt-uri test:///default` as a process of its own (its test:///default holds
-the domains it defines itself), against the API emulator process. VmRSS is read from /proc once the
-operator has stopped writing to the API, i.e. every VM is Running and nothing is left to do.
+the domains it defines itself), against the API of the run (apis.py: the real control plane or the
+emulator). VmRSS is read from /proc once the operator has stopped writing to the API, i.e. every VM is
+Running and nothing is left to do.
 """
 
 from __future__ import annotations
@@ -12,19 +13,18 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from benchmarks.apis import ApiChoice
 from benchmarks.common import (
     OPERATOR_FLAGS,
     create_vms,
     metric_value,
     phase_counts,
     proc_status_kib,
-    register_node,
     scratch_dir,
     settle,
     vm_writes,
     wait_until,
 )
-from testbed import EmulatorApi as ApiServer
 from testbed import OperatorProcess, vm_manifest
 
 
@@ -39,13 +39,10 @@ class MemoryResult:
     loop_lag_max_s: float
 
 
-def run(count: int, *, timeout: float = 900.0) -> MemoryResult:
+def run(count: int, apis: ApiChoice, *, timeout: float = 900.0) -> MemoryResult:
     node = f"bench{uuid.uuid4().hex[:6]}"
-    with scratch_dir("lvo-bench-rss-") as base:
-        api = ApiServer(base)
-        api.start()
-        register_node(api.url, node)
-        operator = OperatorProcess(api, node, base / "disks", base / "images", *OPERATOR_FLAGS,
+    with scratch_dir("lvo-bench-rss-") as base, apis.phase(base, node) as api:
+        operator = OperatorProcess(api.api, node, base / "disks", base / "images", *OPERATOR_FLAGS,
                                    libvirt_uri="test:///default")
         try:
             operator.start()
@@ -54,10 +51,11 @@ def run(count: int, *, timeout: float = 900.0) -> MemoryResult:
             empty = proc_status_kib(pid, "VmRSS") / 1024
             api.reset_counts()
             started = time.monotonic()
-            manifests = [vm_manifest(f"{node}-{i:04d}", node, memory="32Mi") for i in range(count)]
-            asyncio.run(create_vms(api.url, manifests))
-            wait_until(lambda: phase_counts(api.url)["Running"] == count, timeout=timeout, interval=0.5,
-                       what=f"{count} VMs Running in the operator process")
+            manifests = [vm_manifest(f"{node}-{i:04d}", node, memory="32Mi", namespace=api.namespace)
+                         for i in range(count)]
+            asyncio.run(create_vms(api.admin, manifests))
+            wait_until(lambda: phase_counts(api.admin, api.namespace)["Running"] == count, timeout=timeout,
+                       interval=0.5, what=f"{count} VMs Running in the operator process")
             create_s = time.monotonic() - started
             writes = settle(lambda: vm_writes(api.requests()), quiet=3.0, timeout=120.0)
             rss = max(_sample_rss(pid, samples=5, interval=0.4))
@@ -65,7 +63,6 @@ def run(count: int, *, timeout: float = 900.0) -> MemoryResult:
                                 metric_value(operator.metrics(), "libvirt_operator_event_loop_lag_max_seconds"))
         finally:
             operator.stop()
-            api.stop()
 
 
 def _sample_rss(pid: int, *, samples: int, interval: float) -> list[float]:

@@ -1,42 +1,41 @@
-"""Status patches per second against the API emulator: the kubernetes client in threads vs. aiohttp on a loop.
+"""Status patches per second: the kubernetes client in threads vs. aiohttp on a loop.
 
 Not part of `benchmarks/run`: it measures one design choice. The operator writes statuses through the
 kubernetes client in a thread pool; in an event burst over many VMs every VM needs its own patch, so
-this rate bounds how fast a burst drains. Run: `PYTHONPATH=.:operator .venv/bin/python -m
-benchmarks.patch_throughput [N]`.
+this rate bounds how fast a burst drains. Both clients use the operator's kubeconfig (on the real API its
+ServiceAccount token, straight to the API server as in production); the VMs are created with the admin's.
+Run: `PYTHONPATH=.:operator .venv/bin/python -m benchmarks.patch_throughput [N] [--api real|emulator]`.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
-import sys
+import os
 import time
 
-import aiohttp
-
+from benchmarks.apis import KINDS, ApiChoice, Endpoint, vm_path
 from benchmarks.common import create_vms, scratch_dir
-from libvirt_operator.api.constants import GROUP, PLURAL, VERSION
 from libvirt_operator.kube.client import KubeClient, load_api_client
-from testbed import EmulatorApi as ApiServer
 from testbed import vm_manifest
 
 
-async def _kube_client(api: ApiServer, names: list[str], workers: int) -> float:
-    client = KubeClient(load_api_client(str(api.kubeconfig)), workers=workers)
+async def _kube_client(kubeconfig: str, namespace: str, names: list[str], workers: int) -> float:
+    client = KubeClient(load_api_client(kubeconfig), workers=workers)
     began = time.monotonic()
-    await asyncio.gather(*(client.patch_vm_status("default", n, {"reason": f"k{workers}"}) for n in names))
+    await asyncio.gather(*(client.patch_vm_status(namespace, n, {"reason": f"k{workers}"}) for n in names))
     elapsed = time.monotonic() - began
     client.close()
     return elapsed
 
 
-async def _aiohttp(api: ApiServer, names: list[str], concurrency: int) -> float:
+async def _aiohttp(endpoint: Endpoint, namespace: str, names: list[str], concurrency: int) -> float:
     limit = asyncio.Semaphore(concurrency)
     headers = {"Content-Type": "application/merge-patch+json"}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+    async with endpoint.session(limit=concurrency) as session:
         async def one(name: str) -> None:
-            url = f"{api.url}/apis/{GROUP}/{VERSION}/namespaces/default/{PLURAL}/{name}/status"
+            url = f"{endpoint.url}{vm_path(namespace)}/{name}/status"
             async with limit, session.patch(url, data=json.dumps({"status": {"reason": f"a{concurrency}"}}),
                                             headers=headers) as resp:
                 resp.raise_for_status()
@@ -46,22 +45,26 @@ async def _aiohttp(api: ApiServer, names: list[str], concurrency: int) -> float:
         return time.monotonic() - began
 
 
-def main(count: int = 500) -> None:
-    with scratch_dir("lvo-bench-patch-") as base:
-        api = ApiServer(base)
-        api.start()
-        try:
-            names = [f"patch-{i:04d}" for i in range(count)]
-            asyncio.run(create_vms(api.url, [vm_manifest(n, "patch-node") for n in names]))
-            for workers in (4, 8, 16):
-                rate = count / asyncio.run(_kube_client(api, names, workers))
-                print(f"kubernetes client, {workers:2d} threads: {rate:6.0f} patches/s")
-            for concurrency in (1, 4, 16):
-                rate = count / asyncio.run(_aiohttp(api, names, concurrency))
-                print(f"aiohttp, {concurrency:2d} concurrent:      {rate:6.0f} patches/s")
-        finally:
-            api.stop()
+def main(count: int = 500, api_kind: str = "real") -> None:
+    apis = ApiChoice(api_kind)
+    print(f"API: {apis.describe()}")
+    with scratch_dir("lvo-bench-patch-") as base, apis.phase(base, "patch-node") as api:
+        names = [f"patch-{i:04d}" for i in range(count)]
+        asyncio.run(create_vms(api.admin, [vm_manifest(n, "patch-node", namespace=api.namespace) for n in names]))
+        operator = Endpoint.from_kubeconfig(api.kubeconfig)
+        for workers in (4, 8, 16):
+            rate = count / asyncio.run(_kube_client(str(api.kubeconfig), api.namespace, names, workers))
+            print(f"kubernetes client, {workers:2d} threads: {rate:6.0f} patches/s")
+        for concurrency in (1, 4, 16):
+            rate = count / asyncio.run(_aiohttp(operator, api.namespace, names, concurrency))
+            print(f"aiohttp, {concurrency:2d} concurrent:      {rate:6.0f} patches/s")
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 500)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.patch_throughput", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("count", nargs="?", type=int, default=500, help="VMs, one patch each per round")
+    parser.add_argument("--api", choices=KINDS, default=os.environ.get("LVO_API", "real"),
+                        help="the real control plane of hack/cluster.sh, or the emulator (default: $LVO_API or real)")
+    args = parser.parse_args()
+    main(args.count, args.api)

@@ -40,8 +40,8 @@ TARGETS = (
 )
 
 
-def summary(results: Mapping[str, float], machine: str) -> str:
-    lines = [f"libvirt-operator benchmarks on {machine}", ""]
+def summary(results: Mapping[str, float], machine: str, api: str) -> str:
+    lines = [f"libvirt-operator benchmarks on {machine}", f"API: {api}", ""]
     if results.get("load_average_1m_start", 0.0) > 1.0:
         lines += [f"  NOTE: load average {results['load_average_1m_start']:.1f} at the start: the machine was busy",
                   ""]
@@ -61,6 +61,10 @@ def summary(results: Mapping[str, float], machine: str) -> str:
         f"{_fmt(results['raw_event_p99_ms'])} ms (burst over {int(results['vms_for_events'])} VMs); paced at "
         f"{_fmt(results['paced_events_per_s'])}/s: p99 {_fmt(results['paced_event_to_status_p99_ms'])} ms, "
         f"raw p99 {_fmt(results['paced_raw_event_p99_ms'])} ms",
+        *([f"  the API server's own time per status patch (audit log): burst p50 "
+           f"{_fmt(results['api_server_patch_p50_ms'])} ms, p99 {_fmt(results['api_server_patch_p99_ms'])} ms; "
+           f"paced p99 {_fmt(results['paced_api_server_patch_p99_ms'])} ms"] if "api_server_patch_p50_ms" in results
+          else []),
         f"  start-up with {int(results['startup_reconcile_domains'])} domains "
         f"{_fmt(results['startup_reconcile_s'])} s; RSS {_fmt(results['rss_mib'])} MiB with "
         f"{int(results['rss_vms'])} VMs (empty {_fmt(results['rss_empty_mib'])} MiB)",
@@ -76,10 +80,15 @@ def _fmt(value: float) -> str:
 
 def plot(path: Path, *, creation_s: Sequence[float], raw_creation_s: Sequence[float],
          burst_operator_ms: Sequence[float], burst_raw_ms: Sequence[float], paced_operator_ms: Sequence[float],
-         paced_raw_ms: Sequence[float], title: str) -> None:
-    """Cumulative distributions: creation to Running; event to status vs raw delivery (burst, paced)."""
+         paced_raw_ms: Sequence[float], title: str) -> str | None:
+    """Cumulative distributions: creation to Running; event to status vs raw delivery (burst, paced).
+
+    None when written; without matplotlib (the `bench` extra) the numbers still stand: why there is no plot."""
     os.environ.setdefault("MPLBACKEND", "Agg")
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        return "matplotlib is not installed (pip install -e '.[bench]')"
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -98,6 +107,7 @@ def plot(path: Path, *, creation_s: Sequence[float], raw_creation_s: Sequence[fl
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return None
 
 
 def _cdf(ax: object, series: Mapping[str, Sequence[float]], unit: str, *, log: bool) -> None:

@@ -13,10 +13,10 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from benchmarks.common import create_vms, register_node, scratch_dir, vm_writes, wait_until
+from benchmarks.apis import ApiChoice, process_env
+from benchmarks.common import create_vms, scratch_dir, vm_writes, wait_until
 from benchmarks.events import EventResult, burst
 from benchmarks.inprocess import OperatorThread, open_test_driver, remove_test_domains, test_settings
-from testbed import EmulatorApi as ApiServer
 from testbed import vm_manifest
 
 
@@ -34,12 +34,9 @@ class ScaleResult:
     loop_lag_max_s: dict[str, float]
 
 
-def run(count: int, *, paced_interval: float | None = None, timeout: float = 900.0) -> ScaleResult:
+def run(count: int, apis: ApiChoice, *, paced_interval: float | None = None, timeout: float = 900.0) -> ScaleResult:
     node = f"bench{uuid.uuid4().hex[:6]}"
-    with scratch_dir("lvo-bench-scale-") as base:
-        api = ApiServer(base)
-        api.start()
-        register_node(api.url, node)
+    with scratch_dir("lvo-bench-scale-") as base, apis.phase(base, node) as api, process_env(api.api.operator_env()):
         settings = test_settings(node, api.kubeconfig, base)
         first = OperatorThread(settings)
         second: OperatorThread | None = None
@@ -49,8 +46,9 @@ def run(count: int, *, paced_interval: float | None = None, timeout: float = 900
             wait_until(lambda: first.ready, timeout=60, what="the first operator instance to be ready")
             api.reset_counts()
             started = time.monotonic()
-            manifests = [vm_manifest(f"{node}-{i:04d}", node, memory="32Mi") for i in range(count)]
-            uids = asyncio.run(create_vms(api.url, manifests))
+            manifests = [vm_manifest(f"{node}-{i:04d}", node, memory="32Mi", namespace=api.namespace)
+                         for i in range(count)]
+            uids = asyncio.run(create_vms(api.admin, manifests))
             try:
                 wait_until(lambda: first.phases()["Running"] == count, timeout=timeout, interval=0.2,
                            what=f"{count} VMs Running on test:///default")
@@ -88,4 +86,3 @@ def run(count: int, *, paced_interval: float | None = None, timeout: float = 900
                         print(f"warning: {exc}")
             remove_test_domains(conn)
             conn.close()
-            api.stop()

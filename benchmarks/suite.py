@@ -4,6 +4,10 @@
 2. scale.py: many VMs on test:///default in this process: the event burst (events.py), then start-up
    reconciliation by a second operator instance;
 3. memory.py: the operator as its own process on test:///default with many VMs, idle: its RSS.
+
+Every scenario talks to the API `--api` names (apis.py): the real control plane of hack/cluster.sh (started
+if it is not running; request counts from its audit log, the operator's user only), or the project's API
+emulator (its own counts). Each scenario starts from an empty namespace.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import libvirt
 
 from benchmarks import creation, memory, report, scale
+from benchmarks.apis import KINDS, ApiChoice
 from benchmarks.common import REPO, ensure_libvirtd, percentile
 
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "latest.json"
@@ -46,8 +51,18 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"reduced sizes ({QUICK.created} guests, {QUICK.scale} VMs): about a minute")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                         help="JSON results file; the plot goes next to it as .png (default: %(default)s)")
+    parser.add_argument("--api", choices=KINDS, default=os.environ.get("LVO_API", "real"),
+                        help="the real control plane of hack/cluster.sh, or the project's API emulator "
+                             "(default: $LVO_API, else real)")
+    parser.add_argument("--own-cluster", action="store_true",
+                        help="--api real on a control plane of the run's own (.local/cluster-bench, port 16444), "
+                             "not the one tests share: no test stops or loads it mid-run")
+    for field, what in (("created", "real QEMU guests"), ("scale", "VMs of the event burst and the start-up"),
+                        ("rss", "VMs of the memory run")):
+        parser.add_argument(f"--{field}", type=int, metavar="N", help=f"override the number of {what}")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
+    sizes = replace(sizes, **{f: getattr(args, f) for f in ("created", "scale", "rss") if getattr(args, f)})
     output: Path = args.output
     output.parent.mkdir(parents=True, exist_ok=True)
     # The in-process operator logs through the root logger: to a file, not over the summary.
@@ -57,16 +72,27 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     ensure_libvirtd()
+    print(f"API: {args.api}: starting it" if args.api == "real" else "API: emulator", flush=True)
+    apis = ApiChoice(args.api, own_cluster=args.own_cluster)
+    try:
+        return _run(args, sizes, output, apis)
+    finally:
+        apis.close()
+
+
+def _run(args: argparse.Namespace, sizes: Sizes, output: Path, apis: ApiChoice) -> int:
+    api_description = apis.describe()
+    print(f"API: {api_description}", flush=True)
     began = time.monotonic()
     load_start = os.getloadavg()[0]
     if load_start > 1.0:
         print(f"warning: load average {load_start:.1f} before the run: other work disturbs the numbers", flush=True)
     print(f"[1/3] creation: {sizes.created} real QEMU guests, 100 ms apart", flush=True)
-    created = creation.run(sizes.created)
+    created = creation.run(sizes.created, apis)
     print(f"[2/3] scale: {sizes.scale} VMs on test:///default: event burst, paced events, restart", flush=True)
-    scaled = scale.run(sizes.scale, paced_interval=sizes.paced_interval)
+    scaled = scale.run(sizes.scale, apis, paced_interval=sizes.paced_interval)
     print(f"[3/3] memory: operator process with {sizes.rss} VMs", flush=True)
-    mem = memory.run(sizes.rss)
+    mem = memory.run(sizes.rss, apis)
 
     burst, paced = scaled.burst, scaled.paced
     assert paced is not None
@@ -93,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         "paced_event_to_status_p50_ms": percentile(paced.operator_s, 50) * ms,
         "paced_event_to_status_p99_ms": percentile(paced.operator_s, 99) * ms,
         "paced_raw_event_p99_ms": percentile(paced.raw_s, 99) * ms,
+        # Real API only: the API server's own time for the status patches (audit log), for telling its share apart.
+        **({"api_server_patch_p50_ms": percentile(burst.server_s, 50) * ms,
+            "api_server_patch_p99_ms": percentile(burst.server_s, 99) * ms,
+            "paced_api_server_patch_p99_ms": percentile(paced.server_s, 99) * ms}
+           if burst.server_s and paced.server_s else {}),
         "api_writes_per_vm_create": created.writes_per_vm,
         "api_writes_per_vm_create_test_driver": scaled.writes_per_create,
         "api_writes_per_event": (burst.writes + paced.writes) / (burst.events + paced.events),
@@ -116,15 +147,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     missing = [k for k in report.REQUIRED_KEYS if k not in results]
     assert not missing, missing
-    output.write_text(json.dumps({k: round(v, 6) for k, v in results.items()}, indent=2) + "\n")
+    # Every value a number, but which API it was measured on (a name, first).
+    document: dict[str, str | float] = {"api": args.api, **{k: round(v, 6) for k, v in results.items()}}
+    output.write_text(json.dumps(document, indent=2) + "\n")
     machine = describe_machine(created.domain_type)
-    report.plot(output.with_suffix(".png"), creation_s=created.latencies_s, raw_creation_s=created.raw_latencies_s,
-                burst_operator_ms=[v * ms for v in burst.operator_s], burst_raw_ms=[v * ms for v in burst.raw_s],
-                paced_operator_ms=[v * ms for v in paced.operator_s], paced_raw_ms=[v * ms for v in paced.raw_s],
-                title=f"libvirt-operator{' (quick)' if args.quick else ''}: {machine}")
+    no_plot = report.plot(  # None, or why there is no plot
+        output.with_suffix(".png"), creation_s=created.latencies_s, raw_creation_s=created.raw_latencies_s,
+        burst_operator_ms=[v * ms for v in burst.operator_s], burst_raw_ms=[v * ms for v in burst.raw_s],
+        paced_operator_ms=[v * ms for v in paced.operator_s], paced_raw_ms=[v * ms for v in paced.raw_s],
+        title=f"libvirt-operator{' (quick)' if args.quick else ''}: {machine}; API: {api_description}")
     print()
-    print(report.summary(results, machine))
-    print(f"\nwrote {output} and {output.with_suffix('.png')} in {results['duration_s']:.0f} s")
+    print(report.summary(results, machine, api_description))
+    wrote = f"{output} and {output.with_suffix('.png')}" if no_plot is None else f"{output} (no plot: {no_plot})"
+    print(f"\nwrote {wrote} in {results['duration_s']:.0f} s")
     return 0
 
 

@@ -1,4 +1,6 @@
-"""`benchmarks/run --quick` runs end to end and writes every key as a number; no timing is asserted here."""
+"""`benchmarks/run --quick` runs end to end and writes every key as a number; no timing is asserted here.
+
+It runs on the API the suite runs on (LVO_API: the real control plane by default, or the emulator)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tests.e2e.harness import libvirtd_answers
+from testbed import libvirtd_answers
+from tests.conftest import API_KIND, REPO
 
 pytestmark = pytest.mark.e2e  # real libvirtd and QEMU guests, like tests/e2e
 
@@ -26,13 +28,15 @@ KEYS = (
 
 
 @pytest.mark.timeout(900)
-def test_a_quick_run_writes_every_key_as_a_number_and_a_plot(tmp_path: Path) -> None:
+def test_a_quick_run_writes_every_key_as_a_number_and_a_plot(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     if not libvirtd_answers():
         if os.environ.get("CI"):
             pytest.fail("libvirtd does not answer at qemu:///system; hack/setup.sh starts it")
         pytest.skip("libvirtd does not answer at qemu:///system (run hack/setup.sh)")
+    if API_KIND == "real":
+        request.getfixturevalue("control_plane")  # up (or built) here, under the fixture's rules, not in the run
     output = tmp_path / "quick.json"
-    run = subprocess.run([str(REPO / "benchmarks" / "run"), "--quick", "--output", str(output)],
+    run = subprocess.run([str(REPO / "benchmarks" / "run"), "--quick", "--api", API_KIND, "--output", str(output)],
                          capture_output=True, text=True, timeout=850)
     assert run.returncode == 0, f"benchmarks/run failed:\n{run.stdout}\n{run.stderr[-4000:]}"
 
@@ -41,7 +45,8 @@ def test_a_quick_run_writes_every_key_as_a_number_and_a_plot(tmp_path: Path) -> 
                    if isinstance(results.get(k), bool) or not isinstance(results.get(k), int | float)
                    or not math.isfinite(results[k])}
     assert not not_numbers, f"keys missing or not numbers: {not_numbers}"
-    assert all(isinstance(v, int | float) for v in results.values()), "the JSON holds numbers only"
+    assert results.pop("api") == API_KIND
+    assert all(isinstance(v, int | float) for v in results.values()), "every value but the API's name is a number"
     assert results["vms_created"] > 0 and results["vms_for_events"] > 0 and results["rss_vms"] > 0
     assert output.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "event to status p99" in run.stdout  # the human summary, with a verdict per target

@@ -281,7 +281,7 @@ def supported_fields(res: Resource) -> dict[str, str]:
     elif res.plural == "nodes" and not res.group:
         fields["spec.unschedulable"] = "spec.unschedulable"
     elif res.is_custom:
-        for path in (*res.selectable_fields, "spec.nodeName"):
+        for path in res.selectable_fields:
             fields[path] = path
     return fields
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kube_emulator import errors, meta, patches, schema, secrets
+from kube_emulator import errors, meta, patches, schema, secrets, strategies
 from kube_emulator.resources import (
     CRD_KEY,
     NAMESPACES_KEY,
@@ -38,9 +38,10 @@ from kube_emulator.store import ADDED, DELETED, MODIFIED, Store
 
 JSON = dict[str, Any]
 PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
-UNCONDITIONAL_UPDATE_FORBIDDEN = ("customresourcedefinitions",)  # plus every custom resource
+UNCONDITIONAL_UPDATE_FORBIDDEN = ("customresourcedefinitions", "leases")  # plus every custom resource
 CREATE_ON_UPDATE = {("", "events"), ("coordination.k8s.io", "leases")}
 GC_FINALIZERS = {"Orphan": "orphan", "Foreground": "foregroundDeletion"}  # propagationPolicy -> finalizer
+CRD_CLEANUP = "customresourcecleanup.apiextensions.k8s.io"  # held while a CRD's objects are deleted
 
 
 @dataclass
@@ -169,7 +170,8 @@ class Objects:
     def _prepare_create(self, res: Resource, obj: JSON) -> None:
         """Per-kind defaults that the apiserver's strategies set on create."""
         if res.storage_key == NAMESPACES_KEY:
-            obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
+            spec = obj.setdefault("spec", {})
+            spec["finalizers"] = [*(f for f in spec.get("finalizers") or () if f != "kubernetes"), "kubernetes"]
             obj["status"] = {"phase": "Active"}
         elif res.storage_key == CRD_KEY:
             default_crd(obj)
@@ -196,6 +198,8 @@ class Objects:
                 opts.warnings += [f'unknown field "{path}"' for path in unknown]
             obj, schema_causes = schema.admit(res.schema, obj)
             causes += schema_causes
+        strategies.canonicalize(res.storage_key, obj)
+        causes += strategies.validate(res.storage_key, obj)
         if res.storage_key == CRD_KEY:
             causes += validate_crd(obj)
         elif res.storage_key == secrets.SECRETS_KEY:
@@ -292,11 +296,18 @@ class Objects:
         return stored
 
     def _blocking_finalizers(self, res: Resource, obj: Mapping[str, Any]) -> bool:
-        if obj["metadata"].get("finalizers"):
+        finalizers = list(obj["metadata"].get("finalizers") or ())
+        if res.storage_key == CRD_KEY and CRD_CLEANUP in finalizers and not self._crd_objects(obj):
+            finalizers.remove(CRD_CLEANUP)  # the emulator is its controller: nothing left to clean up
+        if finalizers:
             return True
         if res.storage_key == NAMESPACES_KEY:
             return bool(obj.get("spec", {}).get("finalizers"))
         return False
+
+    def _crd_objects(self, crd: Mapping[str, Any]) -> list[JSON]:
+        resources = [r for r in self.registry.all() if r.crd_name == crd["metadata"]["name"]]
+        return self.store.objects_of(resources[0].storage_key) if resources else []
 
     # --- patch ---------------------------------------------------------------------------------
 
@@ -357,19 +368,23 @@ class Objects:
         if old["metadata"].get("deletionTimestamp"):
             return old, False
         marked = _copy(old)
-        if collector is not None and collector not in (marked["metadata"].get("finalizers") or ()):
-            marked["metadata"]["finalizers"] = [*(marked["metadata"].get("finalizers") or ()), collector]
+        added = collector if collector is not None else CRD_CLEANUP if res.storage_key == CRD_KEY else None
+        if added is not None and added not in (marked["metadata"].get("finalizers") or ()):
+            marked["metadata"]["finalizers"] = [*(marked["metadata"].get("finalizers") or ()), added]
         marked["metadata"]["deletionTimestamp"] = meta.now()
-        marked["metadata"]["deletionGracePeriodSeconds"] = options.grace_period_seconds or 0
-        if res.has_generation:
-            marked["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
+        # Namespaces and CRDs have registries of their own: no grace period, no new generation.
+        if not terminating:
+            marked["metadata"]["deletionGracePeriodSeconds"] = options.grace_period_seconds or 0
+            if res.has_generation:
+                marked["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
         if res.storage_key == NAMESPACES_KEY:
             marked["status"] = {"phase": "Terminating"}
         elif res.storage_key == CRD_KEY:
             conditions = [c for c in marked.get("status", {}).get("conditions", ()) if c.get("type") != "Terminating"]
             conditions.append({"type": "Terminating", "status": "True", "lastTransitionTime": meta.now(),
-                               "reason": "InstanceDeletionInProgress", "message": "CustomResource deletion is "
-                                                                                  "in progress"})
+                               "reason": "InstanceDeletionPending", "message": "CustomResourceDefinition marked "
+                                                                               "for deletion; CustomResource "
+                                                                               "deletion will begin soon"})
             marked.setdefault("status", {})["conditions"] = conditions
         if options.dry_run:
             return marked, False
@@ -397,6 +412,15 @@ class Objects:
         """As rest.BeforeDelete checks them: the conflict names the kind where the resource would be."""
         uid, rv = preconditions.get("uid"), preconditions.get("resourceVersion")
         name = old["metadata"]["name"]
+        if res.storage_key == CRD_KEY:  # apiextensions checks them itself, in words of its own
+            if uid and uid != old["metadata"]["uid"]:
+                raise errors.conflict(res.plural, res.group, name, f"Precondition failed: UID in precondition: {uid}, "
+                                                                   f"UID in object meta: {old['metadata']['uid']}")
+            if rv and rv != old["metadata"]["resourceVersion"]:
+                raise errors.conflict(res.plural, res.group, name, "Precondition failed: ResourceVersion in "
+                                      f"precondition: {rv}, ResourceVersion in object meta: "
+                                      f"{old['metadata']['resourceVersion']}")
+            return
         if uid and uid != old["metadata"]["uid"]:
             raise errors.conflict(res.kind, res.group, name, f"the UID in the precondition ({uid}) does not match "
                                   f"the UID in record ({old['metadata']['uid']}). The object might have been "
@@ -459,11 +483,10 @@ class Objects:
             self._finish_crd(current)
 
     def _finish_crd(self, crd: JSON) -> None:
-        if crd["metadata"].get("finalizers"):
-            return
         res = self.registry.get("apiextensions.k8s.io", "v1", "customresourcedefinitions")
         assert res is not None
-        self._remove(res, crd)
+        if not self._blocking_finalizers(res, crd):
+            self._remove(res, crd)
 
     def _unregister(self, crd: JSON) -> None:
         for res in self.registry.unregister_crd(crd["metadata"]["name"]):

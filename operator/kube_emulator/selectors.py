@@ -75,8 +75,8 @@ def parse_labels(selector: str) -> list[Requirement]:
         elif match := _OP_RE.match(part):
             op = "=" if match.group(2) == "==" else match.group(2)
             if op in (">", "<") and not re.fullmatch(r"-?\d+", match.group(3)):
-                raise errors.bad_request(f"unable to parse requirement: for '{op}', '{match.group(3)}' "
-                                         "must be an integer")
+                raise errors.bad_request(f'unable to parse requirement: values[0]: Invalid value: "{match.group(3)}": '
+                                         "for 'Gt', 'Lt' operators, the value must be an integer")
             requirements.append(Requirement(match.group(1), op, (match.group(3),)))
         elif match := _EXISTS_RE.match(part):
             requirements.append(Requirement(match.group(2), "!exists" if match.group(1) else "exists"))

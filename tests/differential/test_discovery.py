@@ -117,7 +117,8 @@ def test_a_registered_crd_is_established_served_and_gone_after_delete(apis: tupl
             "conditions": conditions,
             "widget": widget.summary(),
             "deleted": deleted.summary(),
-            "deletionTimestamp set": "deletionTimestamp" in (deleted.body or {}).get("metadata", {}),
+            "deleted metadata": normalise(deleted.body["metadata"]),
+            "terminating": [normalise(c) for c in deleted.body["status"]["conditions"] if c["type"] == "Terminating"],
         }
 
     real, emulated = both(apis, scenario)

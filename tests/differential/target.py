@@ -202,8 +202,11 @@ class Watch:
             return list(self.events)
 
     def wait(self, predicate: Callable[[list[JSON]], bool], what: str, timeout: float = 20) -> list[JSON]:
-        wait_for(lambda: predicate(self.snapshot()), timeout=timeout, interval=0.05,
-                 what=f"{self.api.name}: {what} (events so far: {[e.get('type') for e in self.snapshot()]})")
+        try:
+            wait_for(lambda: predicate(self.snapshot()), timeout=timeout, interval=0.05,
+                     what=f"{self.api.name}: {what}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; events: {event_summary(self.snapshot())}") from None
         return self.snapshot()
 
     def wait_count(self, count: int, timeout: float = 20) -> list[JSON]:

@@ -355,10 +355,6 @@ class Runtime:
                 "metadata": {"name": self.settings.node_name, "namespace": "default", "uid": self.settings.node_name}}
         await self.post_event(node, type_, reason, message)
 
-    @staticmethod
-    def bridge_exists(name: str) -> bool:
-        return os.path.isdir(os.path.join("/sys/class/net", name, "bridge"))
-
     def _collect(self) -> None:
         phases: Counter[str] = Counter()
         for rec in self.records:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import platform
+import subprocess
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from tests.e2e.harness import Cluster, OperatorProcess, poll
+import libvirt
+import pytest
+
+from tests.e2e.harness import Cluster, Host, OperatorProcess, poll, unique, vm_manifest
 
 # What a Node without a kubelet carries: local mode registers one with a partial nodeInfo.
 PARTIAL_NODE_INFO = {"kubeletVersion": "none", "architecture": platform.machine(), "operatingSystem": "linux"}
@@ -58,3 +63,66 @@ def test_an_operator_on_nodes_without_a_kubelet_logs_no_warning_for_a_minute(
     _observe_for(60, quiet)
     # Each Node's status was written once (LibvirtReady), not retried.
     assert cluster.api.requests().get(("patch", "nodes/status"), 0) == len(nodes)
+
+
+@pytest.fixture
+def inactive_network(host: Host) -> Iterator[str]:
+    """A libvirt network defined and never started. Without <forward> it could only ever be an isolated
+    bridge of its own (a name unique to the test), should anybody start it."""
+    name = f"lvo-e2e-{uuid.uuid4().hex[:8]}"
+    net = host.conn.networkDefineXML(f"<network><name>{name}</name><bridge name='lvo{uuid.uuid4().hex[:8]}'/>"
+                                     "</network>")
+    try:
+        yield name
+    finally:
+        net.undefine()
+
+
+@pytest.fixture
+def down_bridge() -> Iterator[str]:
+    """A bridge that is down (as `ip link add` leaves it): no address, no ports, carries nothing."""
+    name = f"lvo{uuid.uuid4().hex[:8]}"
+    made = subprocess.run(["ip", "link", "add", name, "type", "bridge"], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot add a bridge here: {made.stderr.strip()}")
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+
+
+def _failed_with_event_and_ready_false(cluster: Cluster, name: str, reason: str, message: str) -> dict[str, Any]:
+    status = cluster.wait_phase(name, "Failed", message=message)
+    assert status["reason"] == reason
+    cluster.kubectl("wait", "--for=condition=Ready=False", f"lvm/{name}", "--timeout=30s")
+    ready = [c for c in status["conditions"] if c["type"] == "Ready"]
+    assert [(c["status"], c["reason"], c["message"]) for c in ready] == [("False", reason, message)]
+    events = poll(lambda: [e for e in cluster.events_for(name) if e["reason"] == reason],
+                  timeout=30, what=f"the {reason} Event of {name}")
+    assert [(e["type"], e["message"]) for e in events] == [("Warning", message)]
+    return status
+
+
+def test_a_vm_on_an_inactive_network_ends_failed_naming_the_field_with_an_event_and_ready_false(
+        cluster: Cluster, host: Host, make_operator: Any, node_name: str, inactive_network: str) -> None:
+    make_operator(node_name)
+    name = unique("nonet")
+    cluster.apply(vm_manifest(name, node_name, interfaces=[{"name": "nic0", "network": inactive_network}]))
+    message = f"spec.interfaces[0].network: network '{inactive_network}' is not active on node {node_name}"
+    _failed_with_event_and_ready_false(cluster, name, "StartFailed", message)
+    vm = cluster.get(name)
+    assert vm is not None
+    assert host.state(vm["metadata"]["uid"]) == libvirt.VIR_DOMAIN_SHUTOFF  # defined, never started
+    cluster.kubectl("delete", "lvm", name, "--timeout=60s")
+    assert host.domain(vm["metadata"]["uid"]) is None
+
+
+def test_a_vm_on_a_bridge_that_is_down_ends_failed_naming_the_field(
+        cluster: Cluster, host: Host, make_operator: Any, node_name: str, down_bridge: str) -> None:
+    make_operator(node_name)
+    name = unique("brdown")
+    cluster.apply(vm_manifest(name, node_name, interfaces=[{"name": "nic0", "bridge": down_bridge}]))
+    message = f"spec.interfaces[0].bridge: bridge '{down_bridge}' is down on node {node_name}"
+    _failed_with_event_and_ready_false(cluster, name, "ProvisioningFailed", message)
+    vm = cluster.get(name)
+    assert vm is not None and host.domain(vm["metadata"]["uid"]) is None  # refused before it was defined

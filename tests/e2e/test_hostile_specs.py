@@ -194,7 +194,7 @@ NODE_JUDGED: list[tuple[str, dict[str, Any], str, str]] = [
     ("unknown bridge", {"interfaces": [{"name": "nic0", "bridge": "nobr0"}]},
      "spec.interfaces[0].bridge", "does not exist"),
     ("a device that is not a bridge", {"interfaces": [{"name": "nic0", "bridge": "lo"}]},
-     "spec.interfaces[0].bridge", "does not exist"),
+     "spec.interfaces[0].bridge", "is not a bridge"),
 ]
 
 

@@ -16,10 +16,11 @@ import libvirt
 import pytest
 
 from kube_emulator import KubeEmulator
-from libvirt_operator.api.constants import CRD_PATH, GROUP, PLURAL, VERSION
+from libvirt_operator.api.constants import CRD_PATH, GROUP, PLURAL, RETRY_ANNOTATION, VERSION
 from libvirt_operator.runtime import Runtime
 from libvirt_operator.settings import Settings
 from libvirt_operator.testing import OperatorThread
+from tests.unit.test_start_errors import NETWORK_INACTIVE, QEMU_DIED
 
 NODE = "unit-node"
 STOPPED, STARTED = libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STARTED
@@ -70,6 +71,15 @@ class Env:
                 assert resp.status == 201, await resp.text()
                 created = await resp.json()
         return str(created["metadata"]["uid"])
+
+    async def annotate(self, name: str, key: str, value: str) -> None:
+        import aiohttp
+
+        url = f"{self.api.url}/apis/{GROUP}/{VERSION}/namespaces/default/{PLURAL}/{name}"
+        async with aiohttp.ClientSession() as session, session.patch(
+                url, json={"metadata": {"annotations": {key: value}}},
+                headers={"Content-Type": "application/merge-patch+json"}) as resp:
+            assert resp.status == 200, await resp.text()
 
 
 @pytest.fixture
@@ -256,33 +266,39 @@ async def test_a_spec_change_landing_during_a_pass_is_acted_on_by_the_next_one(e
 
 
 class _RefusingStarts:
-    """A libvirt connection whose domains refuse to start with libvirt's own error; all else is real."""
+    """A libvirt connection whose domains refuse to start with an error libvirtd answered (recorded in
+    test_start_errors: test:///default has no QEMU to die and no network to be inactive); all else is real."""
 
-    def __init__(self, conn: libvirt.virConnect) -> None:
+    def __init__(self, conn: libvirt.virConnect, error: tuple[object, ...]) -> None:
         self._conn = conn
+        self._error = error
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
 
     def defineXML(self, xml: str) -> Any:
-        return _RefusingDomain(self._conn.defineXML(xml))
+        return _RefusingDomain(self._conn.defineXML(xml), self._error)
 
     def lookupByUUIDString(self, uuid: str) -> Any:
-        return _RefusingDomain(self._conn.lookupByUUIDString(uuid))
+        return _RefusingDomain(self._conn.lookupByUUIDString(uuid), self._error)
 
 
 class _RefusingDomain:
-    def __init__(self, dom: libvirt.virDomain) -> None:
+    def __init__(self, dom: libvirt.virDomain, error: tuple[object, ...]) -> None:
         self._dom = dom
+        self._error = error
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._dom, name)
 
     def createWithFlags(self, flags: int = 0) -> None:
-        self._dom.resume()  # a shut-off domain: libvirt raises VIR_ERR_OPERATION_INVALID
+        exc = libvirt.libvirtError(str(self._error[2]))
+        exc.err = self._error  # type: ignore[assignment]
+        raise exc
 
 
-async def _count_libvirt_calls(env: Env, refuse_starts: Callable[[], bool] = lambda: False) -> list[str]:
+async def _count_libvirt_calls(env: Env, refuse_starts: Callable[[], bool] = lambda: False,
+                               error: tuple[object, ...] = QEMU_DIED) -> list[str]:
     """Records the operator's libvirt calls by name from now on; optionally makes starts fail."""
     calls: list[str] = []
 
@@ -293,7 +309,7 @@ async def _count_libvirt_calls(env: Env, refuse_starts: Callable[[], bool] = lam
         async def call(what: str, fn: Any) -> Any:
             calls.append(what)
             if refuse_starts() and what in ("define and start", "start"):
-                return await original(what, lambda c: fn(_RefusingStarts(c)))
+                return await original(what, lambda c: fn(_RefusingStarts(c, error)))
             return await original(what, fn)
         rt.conn.call = call  # type: ignore[method-assign]
     await env.operator.run(install)
@@ -339,3 +355,29 @@ async def test_a_refused_first_start_is_recorded_retried_and_not_counted_as_a_re
     assert env.libvirt.lookupByUUIDString(uid).state()[0] == libvirt.VIR_DOMAIN_RUNNING
     reasons = [e.get("reason") for e in env.api.objects("", "v1", "events")]
     assert "RestartedByPolicy" not in reasons
+
+
+async def test_a_start_refused_for_good_ends_failed_naming_the_field_with_an_event_and_ready_false(
+        env: Env) -> None:
+    refusing = [True]
+    calls = await _count_libvirt_calls(env, refuse_starts=lambda: refusing[0], error=NETWORK_INACTIVE)
+    uid = await env.create("nonet", runStrategy="Always", interfaces=[{"name": "nic0", "network": "default"}])
+    status = await until(lambda: env.status("nonet").get("phase") == "Failed" and env.status("nonet"),
+                         what="Failed")
+    await env.operator.idle()
+    message = f"spec.interfaces[0].network: network 'default' is not active on node {NODE}"
+    assert (status["reason"], status["message"]) == ("StartFailed", message)
+    ready = [c for c in status["conditions"] if c["type"] == "Ready"]
+    assert [(c["status"], c["reason"], c["message"]) for c in ready] == [("False", "StartFailed", message)]
+    events = [e for e in env.api.objects("", "v1", "events") if e["involvedObject"].get("name") == "nonet"]
+    assert [(e["type"], e["reason"], e["message"]) for e in events] == [("Warning", "StartFailed", message)]
+    assert [c for c in calls if c in ("define and start", "start")] == ["define and start"]  # not retried
+    assert env.libvirt.lookupByUUIDString(uid).state()[0] == libvirt.VIR_DOMAIN_SHUTOFF  # defined, kept
+
+    # Once the network is up, the retry annotation starts it: a first start, no restart by policy.
+    refusing[0] = False
+    await env.annotate("nonet", RETRY_ANNOTATION, "1")
+    status = await until(lambda: env.status("nonet").get("phase") == "Running" and env.status("nonet"),
+                         what="Running after the retry")
+    assert not status.get("restarts")
+    assert env.libvirt.lookupByUUIDString(uid).state()[0] == libvirt.VIR_DOMAIN_RUNNING

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import libvirt
 
@@ -32,8 +32,9 @@ from libvirt_operator.api.status import (
     state_reason,
 )
 from libvirt_operator.hypervisor import domains, hardware
-from libvirt_operator.hypervisor.connection import HypervisorError, HypervisorUnavailable
-from libvirt_operator.hypervisor.domain_xml import Owner, build_domain_xml, domain_name
+from libvirt_operator.hypervisor.bridges import bridge_problem, read_bridge
+from libvirt_operator.hypervisor.connection import HypervisorError, HypervisorUnavailable, Retry, start_retry
+from libvirt_operator.hypervisor.domain_xml import Owner, build_domain_xml, domain_name, field_named_by
 from libvirt_operator.hypervisor.storage import StorageError
 from libvirt_operator.kube.client import KubeError
 from libvirt_operator.pipeline.policy import Action, Decision, Observed, decide, phase_for
@@ -64,6 +65,13 @@ NOTABLE: dict[tuple[str, str], tuple[str, str]] = {
 def _start_events(spec: VMSpec) -> tuple[str, ...]:
     # QEMU starts paused and libvirt then reports RESUMED and STARTED; a paused start, SUSPENDED.
     return ("Started", "Suspended" if spec.paused else "Resumed")
+
+
+def start_failure_message(detail: str, field: str | None, node: str) -> str:
+    """Pure: the status message of a start libvirt refused for good, naming the field when one is known."""
+    if field is not None:
+        return f"{field}: {detail} on node {node}"
+    return f"libvirt refused to start the domain on node {node}: {detail}"
 
 
 class Reconciler:
@@ -160,7 +168,8 @@ class Reconciler:
             dom = made.state
             rec.owner_verified = True  # defined from our XML, owner metadata included
             if made.start_error is not None:
-                await self._start_failed(rec, made.start_error)
+                await self._start_failed(rec, spec, made.start_error)
+                return None  # refused for good: Failed naming the field (a transient refusal raised)
             if made.started:
                 started = self._start_fields()
             first_start = True
@@ -252,7 +261,10 @@ class Reconciler:
 
         extra: dict[str, Any] = dict(started or {})
         if decision.action == Action.START:
-            dom, extra = await self._start(rec, spec, restart=decision.restart_by_policy)
+            result = await self._start(rec, spec, restart=decision.restart_by_policy)
+            if result is None:
+                return None  # refused for good: Failed naming the field
+            dom, extra = result
         elif decision.action == Action.STOP:
             return await self._begin_stop(rec, spec, dom, reason="StoppedByPolicy")
         elif decision.action == Action.PAUSE:
@@ -266,8 +278,13 @@ class Reconciler:
         return None
 
     async def _start(self, rec: VMRecord, spec: VMSpec, *,
-                     restart: bool) -> tuple[domains.DomainState, dict[str, Any]]:
-        """Starts the guest; returns its state right after and the status fields the start sets."""
+                     restart: bool) -> tuple[domains.DomainState, dict[str, Any]] | None:
+        """Starts the guest; returns its state right after and the status fields the start sets, or None
+        when the start was refused for good (the VM is then Failed)."""
+        error = self._bridge_error(spec)
+        if error is not None:  # libvirt would start it without a link, or fail with an unclear message
+            await self._fail(rec, "StartFailed", str(error))
+            return None
         self.rt.restart_required.pop(rec.uid, None)
         try:
             state = await self._act(rec, "start", lambda c: domains.start(c, rec.uid, paused=spec.paused),
@@ -275,7 +292,8 @@ class Reconciler:
         except HypervisorUnavailable:
             raise
         except HypervisorError as exc:
-            await self._start_failed(rec, exc)
+            await self._start_failed(rec, spec, exc)
+            return None
         extra = self._start_fields()
         if restart:
             extra["restarts"] = int(rec.status.get("restarts") or 0) + 1
@@ -292,11 +310,24 @@ class Reconciler:
     def _start_fields(self) -> dict[str, Any]:
         return {"lastEvent": self._own_event("Started", "Booted"), "startedAt": now_iso()}
 
-    async def _start_failed(self, rec: VMRecord, exc: HypervisorError) -> NoReturn:
-        # Persist the wish so that an interrupted start is retried (nova: POWERING_ON).
+    async def _start_failed(self, rec: VMRecord, spec: VMSpec, exc: HypervisorError) -> None:
+        """A start libvirt refused. For good (start_retry): Failed naming the field, and returns. Otherwise
+        the wish is persisted so that the start is retried, also by a restarted operator (nova: POWERING_ON),
+        and the error raised: the work queue retries with backoff."""
+        if start_retry(exc.code, exc.domain, exc.errno) == Retry.PERMANENT:
+            field = field_named_by(exc.detail, spec, self._disk_files(rec, spec))
+            await self._fail(rec, "StartFailed", start_failure_message(exc.detail, field,
+                                                                         self.rt.settings.node_name))
+            return
         await self._write_status(rec, {"phase": Phase.STARTING.value, "reason": "StartFailed",
                                        "message": str(exc)})
         raise exc
+
+    def _disk_files(self, rec: VMRecord, spec: VMSpec) -> dict[str, list[str]]:
+        """Each disk's own file, then its image's: the names libvirt quotes when a disk is the problem."""
+        storage = self.rt.storage
+        return {d.name: [str(storage.disk_path(rec.uid, d.name))]
+                + ([str(storage.image_dir / d.image)] if d.image else []) for d in spec.disks}
 
     async def _begin_stop(self, rec: VMRecord, spec: VMSpec | None, dom: domains.DomainState,
                           *, reason: str) -> float | None:
@@ -389,9 +420,20 @@ class Reconciler:
                 if not exists:
                     raise SpecError(f"spec.interfaces[{index}].network",
                                     f"libvirt network {name!r} does not exist on node {self.rt.settings.node_name}")
-            if iface.bridge is not None and not self.rt.bridge_exists(iface.bridge):
-                raise SpecError(f"spec.interfaces[{index}].bridge",
-                                f"bridge {iface.bridge!r} does not exist on node {self.rt.settings.node_name}")
+        error = self._bridge_error(spec)
+        if error is not None:
+            raise error
+
+    def _bridge_error(self, spec: VMSpec) -> SpecError | None:
+        """The first interface whose bridge cannot carry a guest on this node (sysfs reads, no libvirt)."""
+        for index, iface in enumerate(spec.interfaces):
+            if iface.bridge is None:
+                continue
+            problem = bridge_problem(read_bridge(iface.bridge))
+            if problem is not None:
+                return SpecError(f"spec.interfaces[{index}].bridge",
+                                 f"bridge {iface.bridge!r} {problem} on node {self.rt.settings.node_name}")
+        return None
 
     def _check_host_capacity(self, spec: VMSpec) -> None:
         """What only the node can judge: more memory or vCPUs than this host has."""

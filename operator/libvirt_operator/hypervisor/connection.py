@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno as errnos
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, TypeVar
 
 import libvirt
@@ -30,11 +32,19 @@ MIN_LIBVIRT_VERSION = (6, 0, 0)
 
 
 class HypervisorError(Exception):
-    """A libvirt operation failed; the message says which and why."""
+    """A libvirt operation failed; the message says which and why.
 
-    def __init__(self, message: str, code: int | None = None) -> None:
+    ``code``, ``domain`` and ``errno`` are libvirt's (VIR_ERR_*, VIR_FROM_*, and the errno of a system
+    error); ``detail`` is libvirt's own words without its generic prefix ("network 'x' is not active").
+    """
+
+    def __init__(self, message: str, code: int | None = None, *, domain: int | None = None,
+                 errno: int | None = None, detail: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.domain = domain
+        self.errno = errno
+        self.detail = detail or message
 
 
 class HypervisorUnavailable(HypervisorError):
@@ -72,11 +82,87 @@ def is_connection_error(exc: libvirt.libvirtError) -> bool:
 def translate(exc: libvirt.libvirtError, what: str) -> HypervisorError:
     code = exc.get_error_code()
     message = f"{what}: {exc.get_error_message() or exc}"
+    int1 = exc.get_int1()  # a system error's errno (-1: none)
+    fields: dict[str, Any] = {"domain": exc.get_error_domain(), "errno": int1 if int1 and int1 > 0 else None,
+                              "detail": exc.get_str2() or exc.get_error_message() or None}
     if code == libvirt.VIR_ERR_NO_DOMAIN:
-        return DomainNotFound(message, code)
+        return DomainNotFound(message, code, **fields)
     if is_connection_error(exc):
-        return HypervisorUnavailable(message, code)
-    return HypervisorError(message, code)
+        return HypervisorUnavailable(message, code, **fields)
+    return HypervisorError(message, code, **fields)
+
+
+class Retry(StrEnum):
+    """Whether starting the same domain again can succeed without anybody changing anything."""
+
+    PERMANENT = "permanent"  # the spec or the host must change first: the VM ends Failed, naming the field
+    TRANSIENT = "transient"  # resources, locks, a QEMU that died starting: retried with backoff
+
+
+# libvirt's start errors (virDomainCreateWithFlags), sorted. A code not listed is transient: retrying is
+# what the operator always did, and a permanent error retried costs log lines, not a lost VM.
+START_ERRORS: dict[int, Retry] = {
+    # The definition or what it names is wrong for this host.
+    libvirt.VIR_ERR_OPERATION_INVALID: Retry.PERMANENT,  # "network 'default' is not active"
+    libvirt.VIR_ERR_CONFIG_UNSUPPORTED: Retry.PERMANENT,  # "Domain requires KVM, but it is not available"
+    libvirt.VIR_ERR_NO_NETWORK: Retry.PERMANENT,  # "no network with matching name 'x'"
+    libvirt.VIR_ERR_INVALID_NETWORK: Retry.PERMANENT,
+    libvirt.VIR_ERR_NO_NETWORK_PORT: Retry.PERMANENT,
+    libvirt.VIR_ERR_NO_INTERFACE: Retry.PERMANENT,
+    libvirt.VIR_ERR_INVALID_INTERFACE: Retry.PERMANENT,
+    libvirt.VIR_ERR_INVALID_MAC: Retry.PERMANENT,
+    libvirt.VIR_ERR_NO_NWFILTER: Retry.PERMANENT,
+    libvirt.VIR_ERR_NO_NODE_DEVICE: Retry.PERMANENT,
+    libvirt.VIR_ERR_DEVICE_MISSING: Retry.PERMANENT,
+    libvirt.VIR_ERR_NO_STORAGE_POOL: Retry.PERMANENT,
+    libvirt.VIR_ERR_NO_STORAGE_VOL: Retry.PERMANENT,
+    libvirt.VIR_ERR_NO_SECRET: Retry.PERMANENT,
+    libvirt.VIR_ERR_NO_SECURITY_MODEL: Retry.PERMANENT,
+    libvirt.VIR_ERR_CPU_INCOMPATIBLE: Retry.PERMANENT,  # the host CPU lacks what the guest CPU needs
+    libvirt.VIR_ERR_NO_OS: Retry.PERMANENT,
+    libvirt.VIR_ERR_NO_KERNEL: Retry.PERMANENT,
+    libvirt.VIR_ERR_OS_TYPE: Retry.PERMANENT,
+    libvirt.VIR_ERR_XML_ERROR: Retry.PERMANENT,
+    libvirt.VIR_ERR_XML_DETAIL: Retry.PERMANENT,
+    libvirt.VIR_ERR_XML_INVALID_SCHEMA: Retry.PERMANENT,
+    libvirt.VIR_ERR_INVALID_ARG: Retry.PERMANENT,
+    libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED: Retry.PERMANENT,
+    libvirt.VIR_ERR_NO_SUPPORT: Retry.PERMANENT,
+    libvirt.VIR_ERR_OPERATION_UNSUPPORTED: Retry.PERMANENT,
+    # The host's policy refuses it (polkit/ACL, a qemu hook script).
+    libvirt.VIR_ERR_ACCESS_DENIED: Retry.PERMANENT,
+    libvirt.VIR_ERR_OPERATION_DENIED: Retry.PERMANENT,
+    libvirt.VIR_ERR_AUTH_FAILED: Retry.PERMANENT,
+    libvirt.VIR_ERR_HOOK_SCRIPT_FAILED: Retry.PERMANENT,
+    # Resources, locks and timing: a later start may well succeed.
+    libvirt.VIR_ERR_INTERNAL_ERROR: Retry.TRANSIENT,  # QEMU exited while starting ("cannot set up guest memory")
+    libvirt.VIR_ERR_NO_MEMORY: Retry.TRANSIENT,
+    libvirt.VIR_ERR_OPERATION_FAILED: Retry.TRANSIENT,  # "unable to connect to the monitor", races
+    libvirt.VIR_ERR_OPERATION_TIMEOUT: Retry.TRANSIENT,  # "cannot acquire state change lock"
+    libvirt.VIR_ERR_OPERATION_ABORTED: Retry.TRANSIENT,
+    libvirt.VIR_ERR_RESOURCE_BUSY: Retry.TRANSIENT,
+    libvirt.VIR_ERR_AGENT_UNRESPONSIVE: Retry.TRANSIENT,
+    libvirt.VIR_ERR_NO_DOMAIN: Retry.TRANSIENT,  # gone meanwhile: the next pass defines it again
+    libvirt.VIR_ERR_RPC: Retry.TRANSIENT,
+    libvirt.VIR_ERR_NO_CONNECT: Retry.TRANSIENT,
+    libvirt.VIR_ERR_INVALID_CONN: Retry.TRANSIENT,
+}
+# A system error (VIR_ERR_SYSTEM_ERROR) by its errno: something named is missing, not allowed or the wrong
+# kind of thing ("Cannot get interface MTU on 'br0': No such device"), or else a resource ran short.
+PERMANENT_ERRNOS = frozenset({errnos.ENOENT, errnos.ENODEV, errnos.ENXIO, errnos.ENOTDIR, errnos.EISDIR,
+                              errnos.ELOOP, errnos.ENAMETOOLONG, errnos.EACCES, errnos.EPERM, errnos.EROFS,
+                              errnos.EINVAL, errnos.ENOTSUP, errnos.EOPNOTSUPP, errnos.ENOEXEC})
+
+
+def start_retry(code: int | None, domain: int | None = None, errno: int | None = None) -> Retry:
+    """Pure: whether a failed start of a domain is worth retrying as it is."""
+    if domain in _BROKEN_DOMAINS and code in _BROKEN_CODES:
+        return Retry.TRANSIENT  # the link to libvirtd broke: reconnect, then retry
+    if code == libvirt.VIR_ERR_SYSTEM_ERROR:
+        return Retry.PERMANENT if errno in PERMANENT_ERRNOS else Retry.TRANSIENT
+    if code is None:
+        return Retry.TRANSIENT
+    return START_ERRORS.get(code, Retry.TRANSIENT)
 
 
 def _auth_callback(creds: list[list[Any]], _opaque: Any) -> int:

@@ -254,3 +254,28 @@ def owned_disk_paths(xml: str) -> list[Path]:
         if path and Path(path).is_absolute():
             paths.append(Path(path))
     return paths
+
+
+_QUOTED = re.compile(r"'([^']{1,4096})'")
+
+
+def field_named_by(text: str, spec: VMSpec, disk_files: Mapping[str, Sequence[str]] | None = None) -> str | None:
+    """Pure: the spec field a libvirt message is about, by the names it quotes ("network 'default' is not
+    active", "Cannot get interface MTU on 'br0'", "Cannot access storage file '/…/root.qcow2'"); None when
+    it quotes nothing of the spec. ``disk_files``: by disk name, the disk's own file, then its image's."""
+    files = disk_files or {}
+    for quoted in _QUOTED.findall(text):
+        for index, nic in enumerate(spec.interfaces):
+            if nic.network is not None and quoted == nic.network:
+                return f"spec.interfaces[{index}].network"
+            if nic.bridge is not None and quoted == nic.bridge:
+                return f"spec.interfaces[{index}].bridge"
+            if nic.mac_address is not None and quoted.lower() == nic.mac_address:
+                return f"spec.interfaces[{index}].macAddress"
+        for index, disk in enumerate(spec.disks):
+            paths = [str(p) for p in files.get(disk.name, ())]
+            if paths[:1] == [quoted]:
+                return f"spec.disks[{index}]"
+            if disk.image is not None and quoted in paths[1:]:
+                return f"spec.disks[{index}].image"
+    return None

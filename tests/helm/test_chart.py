@@ -464,7 +464,11 @@ def test_dockerfile_matches_what_the_chart_expects(default_render: Rendered) -> 
     exposed = re.search(r"^EXPOSE (.*)$", dockerfile, re.M)
     assert exposed and sorted(int(p) for p in exposed.group(1).split()) == sorted(
         int(p["containerPort"]) for p in default_render.container["ports"])
-    assert re.search(r"^FROM python:3\.11-slim-bookworm", dockerfile, re.M)
+    # The base is a Debian bookworm Python image by default; BASE_IMAGE swaps it (hack/image.sh passes a
+    # bookworm it bootstraps itself), for both stages at once.
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim-bookworm$", dockerfile, re.M)
+    froms = re.findall(r"^FROM (\S+)", dockerfile, re.M)
+    assert len(froms) >= 2 and set(froms) == {"${BASE_IMAGE}"}, froms
     assert re.search(r"install .*\blibvirt0\b.*\bqemu-utils\b", dockerfile)
     # Every path the build copies is in the build context (.dockerignore lets it through).
     allowed = [line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()
@@ -514,3 +518,11 @@ def test_node_restriction_is_refused_before_kubernetes_1_30_with_the_way_out(hel
     old = helm.template({"nodeRestriction": {"enabled": False}}, "--kube-version", "1.29.9")
     assert "DaemonSet" in old.kinds() and not set(NODE_RESTRICTION_KINDS) & set(old.kinds())
     assert set(NODE_RESTRICTION_KINDS) <= set(helm.template(None, "--kube-version", "1.30.0").kinds())
+
+
+def test_host_network_is_off_by_default_and_a_value_for_nodes_without_a_pod_network(
+        default_render: Rendered, helm: Helm) -> None:
+    assert default_render.pod["hostNetwork"] is False and "dnsPolicy" not in default_render.pod
+    on = helm.template({"hostNetwork": True})
+    assert on.pod["hostNetwork"] is True
+    assert on.pod["dnsPolicy"] == "ClusterFirstWithHostNet"  # cluster DNS still first, as without it

@@ -123,21 +123,56 @@ def error_response(err: errors.ApiError) -> web.Response:
 # --- request bodies ----------------------------------------------------------------------------------
 
 
-async def read_body(request: web.Request) -> tuple[str, Any]:
+async def read_body(request: web.Request) -> tuple[str, Any, list[str]]:
+    """The body's media type, its value and (JSON objects only) the paths of its duplicate fields."""
     content_type = request.content_type or "application/json"
     raw = await request.read()
     if not raw.strip():
         raise errors.bad_request("the body of the request was empty")
     if content_type == PROTOBUF and request.method in ("POST", "PUT"):
-        return content_type, protobuf.decode(raw)
+        return content_type, protobuf.decode(raw), []
     if "protobuf" in content_type:
         raise errors.unsupported_media_type(content_type, ["application/json", "application/yaml"])
     try:
         if content_type in (patches.APPLY_PATCH, "application/yaml", "application/x-yaml"):
-            return content_type, yaml.safe_load(raw)
-        return content_type, json.loads(raw)
+            return content_type, yaml.safe_load(raw), []
+        if request.method in ("POST", "PUT"):
+            return (content_type, *_loads_noting_duplicates(raw))
+        return content_type, json.loads(raw), []
     except (ValueError, yaml.YAMLError) as exc:
         raise errors.bad_request(f"error decoding the body of the request as {content_type}: {exc}") from None
+
+
+class _Pairs(dict[str, Any]):
+    """A JSON object as decoded, with the keys it had more than once (the last value wins)."""
+
+    repeated: list[str]
+
+
+def _pairs(items: list[tuple[str, Any]]) -> _Pairs:
+    found = _Pairs(items)
+    found.repeated = []
+    seen: set[str] = set()
+    for key, _ in items:
+        if key in seen:
+            found.repeated.append(key)
+        seen.add(key)
+    return found
+
+
+def _loads_noting_duplicates(raw: bytes) -> tuple[Any, list[str]]:
+    """JSON with plain dicts, and the paths of duplicate fields as kube's strict decoder names them."""
+    duplicates: list[str] = []
+
+    def plain(value: Any, path: str) -> Any:
+        if isinstance(value, _Pairs):
+            duplicates.extend(f"{path}.{k}" if path else k for k in dict.fromkeys(value.repeated))
+            return {k: plain(v, f"{path}.{k}" if path else k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    return plain(json.loads(raw, object_pairs_hook=_pairs), ""), duplicates
 
 
 async def _optional_json(request: web.Request) -> Any:
@@ -339,8 +374,9 @@ class ResourceHandler:
         if verb == "create":
             if target.name or (res.namespaced and namespace is None):
                 raise errors.method_not_allowed()
-            _, body = await read_body(request)
+            _, body, duplicates = await read_body(request)
             opts = write_options(query, "CreateOptions")
+            opts.duplicate_fields = duplicates
             new_obj = self.objects.create(res, namespace or "", body, opts)
             return self._object_response(res, new_obj, rep, query, 201, opts.warnings)
         if verb == "list":
@@ -363,12 +399,13 @@ class ResourceHandler:
             found = self.objects.get(res, namespace or "", target.name)
             return self._object_response(res, found, rep, query)
         if verb == "update":
-            _, body = await read_body(request)
+            _, body, duplicates = await read_body(request)
             opts = write_options(query, "UpdateOptions")
+            opts.duplicate_fields = duplicates
             stored, created = self.objects.update(res, namespace or "", target.name, body, target.subresource, opts)
             return self._object_response(res, stored, rep, query, 201 if created else 200, opts.warnings)
         if verb == "patch":
-            content_type, body = await read_body(request)
+            content_type, body, _ = await read_body(request)
             opts = write_options(query, "PatchOptions", content_type)
             stored, created = self.objects.patch(res, namespace or "", target.name, content_type, body,
                                                  target.subresource, opts)
@@ -426,7 +463,8 @@ class ResourceHandler:
         if limit and len(items) > limit:
             last = items[limit - 1]["metadata"]
             meta["continue"] = _encode_continue(rv, (last.get("namespace", ""), last["name"]))
-            meta["remainingItemCount"] = len(items) - limit
+            if predicate is None:  # kube counts what is left only when no selector filters it
+                meta["remainingItemCount"] = len(items) - limit
             items = items[:limit]
         shown = [res.from_storage(o) for o in items]
         if rep.mode == "table":

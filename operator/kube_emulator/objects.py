@@ -49,6 +49,8 @@ class WriteOptions:
     dry_run: bool = False
     field_validation: str = "Warn"  # Strict | Warn | Ignore
     warnings: list[str] = field(default_factory=list)
+    duplicate_fields: list[str] = field(default_factory=list)  # found in the request body, as "spec.memory"
+    fields_checked: bool = False  # the body's fields were checked (a create-on-update decodes it twice)
 
 
 @dataclass
@@ -98,7 +100,7 @@ class Objects:
     # --- create --------------------------------------------------------------------------------
 
     def create(self, res: Resource, namespace: str, body: Any, opts: WriteOptions) -> JSON:
-        obj = self._decode(res, body)
+        obj = self._decode(res, body, opts)
         metadata = obj["metadata"]
         if res.namespaced:
             if metadata.get("namespace", namespace) != namespace:
@@ -147,8 +149,9 @@ class Objects:
                                      conditions=current.get("conditions") or status["conditions"])
         return self.store.commit(CRD_KEY, MODIFIED, established, crd)
 
-    def _decode(self, res: Resource, body: Any) -> JSON:
-        """The request body as an object of this resource, in the stored representation."""
+    def _decode(self, res: Resource, body: Any, opts: WriteOptions | None = None) -> JSON:
+        """The request body as an object of this resource, in the stored representation; with `opts`,
+        its duplicate and unknown fields are refused (Strict) or warned about (Warn)."""
         if not isinstance(body, Mapping):
             raise errors.bad_request(f"the body of the request was not a JSON object, but {type(body).__name__}")
         api_version, kind = body.get("apiVersion"), body.get("kind")
@@ -165,7 +168,27 @@ class Objects:
         obj["metadata"] = {k: v for k, v in raw_meta.items() if k in meta.META_FIELDS}
         obj["apiVersion"] = res.api_version if not res.renames else "v1"
         obj["kind"] = res.kind
+        if opts is not None and not opts.fields_checked:
+            opts.fields_checked = True
+            unknown = [f"metadata.{k}" for k in raw_meta if k not in meta.META_FIELDS]
+            if res.schema is not None:
+                unknown += schema.unknown_fields(res.schema, obj)
+            else:
+                top = strategies.unknown_top_level(res.storage_key, obj)
+                for key in top:
+                    del obj[key]  # as decoding into the Go type drops them
+                unknown += [res.renames.get(k, k) for k in top]
+            self._check_fields(res, opts, [f'duplicate field "{p}"' for p in opts.duplicate_fields] +
+                               [f'unknown field "{p}"' for p in unknown])
         return obj
+
+    def _check_fields(self, res: Resource, opts: WriteOptions, problems: list[str]) -> None:
+        """fieldValidation, as kube's decoder applies it to the whole body (status included)."""
+        if problems and opts.field_validation == "Strict":
+            raise errors.bad_request(f'{res.kind} in version "{res.version}" cannot be handled as a {res.kind}: '
+                                     f"strict decoding error: {', '.join(problems)}")
+        if opts.field_validation == "Warn":
+            opts.warnings += problems
 
     def _prepare_create(self, res: Resource, obj: JSON) -> None:
         """Per-kind defaults that the apiserver's strategies set on create."""
@@ -189,13 +212,6 @@ class Objects:
             causes += meta.check_name(name, dns_label=res.storage_key == NAMESPACES_KEY)
         causes += meta.check_metadata(obj["metadata"])
         if res.schema is not None:
-            unknown = schema.unknown_fields(res.schema, obj)
-            if unknown and opts.field_validation == "Strict":
-                listed = ", ".join(f'unknown field "{path}"' for path in unknown)
-                raise errors.bad_request(f'{res.kind} in version "{res.version}" cannot be handled as a '
-                                         f"{res.kind}: strict decoding error: {listed}")
-            if opts.field_validation == "Warn":
-                opts.warnings += [f'unknown field "{path}"' for path in unknown]
             obj, schema_causes = schema.admit(res.schema, obj)
             causes += schema_causes
         strategies.canonicalize(res.storage_key, obj)
@@ -216,7 +232,7 @@ class Objects:
         """PUT. Returns the stored object and whether it was created (200 vs 201)."""
         ns = namespace if res.namespaced else ""
         old = self.store.get(res.storage_key, ns, name)
-        obj = self._decode(res, body)
+        obj = self._decode(res, body, opts)
         body_name = obj["metadata"].get("name")
         if body_name and body_name != name:
             raise errors.bad_request(f"the name of the object ({body_name}) does not match the name on the URL "
@@ -338,7 +354,7 @@ class Objects:
                                                                patches.STRATEGIC_PATCH, patches.APPLY_PATCH])
         if not isinstance(patched, Mapping):
             raise errors.bad_request("the patched object is not a JSON object")
-        obj = self._decode(res, patched)
+        obj = self._decode(res, patched, opts)
         rv = obj["metadata"].get("resourceVersion")
         if rv and rv != old["metadata"]["resourceVersion"]:
             raise errors.conflict(res.plural, res.group, name)
@@ -373,8 +389,8 @@ class Objects:
             marked["metadata"]["finalizers"] = [*(marked["metadata"].get("finalizers") or ()), added]
         marked["metadata"]["deletionTimestamp"] = meta.now()
         # Namespaces and CRDs have registries of their own: no grace period, no new generation.
-        if not terminating:
-            marked["metadata"]["deletionGracePeriodSeconds"] = options.grace_period_seconds or 0
+        if not terminating:  # none of the kinds here deletes gracefully (pods would): the period is 0
+            marked["metadata"]["deletionGracePeriodSeconds"] = 0
             if res.has_generation:
                 marked["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
         if res.storage_key == NAMESPACES_KEY:

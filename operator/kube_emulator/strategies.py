@@ -16,6 +16,36 @@ LEASES_KEY = ("coordination.k8s.io", "leases")
 NAMESPACES_KEY = ("", "namespaces")
 NAME_LABEL = "kubernetes.io/metadata.name"  # every namespace carries its own name as this label
 
+# The top-level fields of the built-in kinds' Go types (stored representation: core v1 Event's names).
+# Anything else at the top is an unknown field, which typed decoding drops (or refuses: Strict).
+_COMMON = frozenset({"apiVersion", "kind", "metadata"})
+_SPEC_STATUS = _COMMON | {"spec", "status"}
+_ROLE_BINDING = _COMMON | {"subjects", "roleRef"}
+TOP_LEVEL_FIELDS: dict[tuple[str, str], frozenset[str]] = {
+    NAMESPACES_KEY: _SPEC_STATUS,
+    ("", "nodes"): _SPEC_STATUS,
+    ("", "services"): _SPEC_STATUS,
+    ("apps", "daemonsets"): _SPEC_STATUS,
+    ("apiextensions.k8s.io", "customresourcedefinitions"): _SPEC_STATUS,
+    LEASES_KEY: _COMMON | {"spec"},
+    ("", "configmaps"): _COMMON | {"data", "binaryData", "immutable"},
+    ("", "secrets"): _COMMON | {"data", "stringData", "type", "immutable"},
+    ("", "serviceaccounts"): _COMMON | {"secrets", "imagePullSecrets", "automountServiceAccountToken"},
+    EVENTS_KEY: _COMMON | {"involvedObject", "reason", "message", "source", "firstTimestamp", "lastTimestamp",
+                           "count", "type", "eventTime", "series", "action", "related", "reportingComponent",
+                           "reportingInstance"},
+    ("rbac.authorization.k8s.io", "clusterroles"): _COMMON | {"rules", "aggregationRule"},
+    ("rbac.authorization.k8s.io", "roles"): _COMMON | {"rules"},
+    ("rbac.authorization.k8s.io", "clusterrolebindings"): _ROLE_BINDING,
+    ("rbac.authorization.k8s.io", "rolebindings"): _ROLE_BINDING,
+}
+
+
+def unknown_top_level(key: tuple[str, str], obj: JSON) -> list[str]:
+    """Top-level fields a built-in kind does not have (nested ones are not checked)."""
+    known = TOP_LEVEL_FIELDS.get(key)
+    return [k for k in obj if k not in known] if known is not None else []
+
 
 def canonicalize(key: tuple[str, str], obj: JSON) -> None:
     """What the strategy sets on every create and update, in place."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -112,4 +113,21 @@ def test_namespaces_create_get_delete_terminating(apis: tuple[Api, Api], unique:
 
     real, emulated = both(apis, scenario)
     assert real[5]["body"]["status"] == {"phase": "Terminating"}
+    assert_same(real, emulated)
+
+
+def test_field_validation_of_a_builtin_kind(apis: tuple[Api, Api], unique: Names) -> None:
+    def scenario(api: Api) -> list[JSON]:
+        body = {"metadata": {"name": unique("cm"), "bogus": 2}, "data": {"k": "v"}, "bogus": 1}
+        configmaps = f"/api/v1/namespaces/{NS}/configmaps"
+        strict = api.post(configmaps, body, query={"fieldValidation": "Strict"})
+        warned = api.post(configmaps, body)
+        steps = [answer(strict), {**answer(warned), "warnings": sorted(warned.warnings)}]
+        once = json.dumps({"metadata": {"name": unique("cm2")}, "data": {"k": "v"}})
+        duplicated = once[:-1] + ', "data": {"k": "w"}}'
+        duplicate = api.post(configmaps, duplicated, query={"fieldValidation": "Strict"})
+        return [*steps, answer(duplicate)]
+
+    real, emulated = both(apis, scenario)
+    assert real[0]["code"] == 400
     assert_same(real, emulated)

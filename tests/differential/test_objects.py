@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from tests.differential.conftest import DM, DM_PLURAL, NS, both, dm, ns_path
+from tests.differential.conftest import DM, DM_PLURAL, GADGET_PLURAL, GADGETS, NS, both, dm, gadget, ns_path
 from tests.differential.target import APPLY, JSON_PATCH, Api, Reply, assert_same, normalise
 
 JSON = dict[str, Any]
@@ -308,3 +308,74 @@ def test_server_side_apply(apis: tuple[Api, Api], unique: Names) -> None:
     assert real[2]["message"] == 'Apply failed with 1 conflict: conflict with "alice": .spec.runStrategy'
     assert emulated[2]["code"] == 200 and emulated[2]["body"]["spec"]["runStrategy"] == "Always"
     assert_same(real[:2] + real[3:], emulated[:2] + emulated[3:])
+
+
+def test_gadget_schema_defaults_pruning_and_errors(apis: tuple[Api, Api], unique: Names) -> None:
+    """The fixture CRD's schema features: defaults, pruning, preserved unknown fields, bounds, patterns,
+    enums, list-map keys and maxItems."""
+    name = unique("g")
+    specs: list[JSON] = [
+        {"color": "red", "parts": [{"name": "p1"}], "extra": {"anything": [1, {"x": None}]}, "bogus": True},
+        {"color": "purple"},
+        {"size": 3},
+        {"color": "red", "size": 0},
+        {"color": "red", "size": 11},
+        {"color": "red", "size": 2.5},
+        {"color": "red", "label": "Not-Lower"},
+        {"color": "red", "parts": [{"name": "a"}, {"name": "b"}, {"name": "c"}, {"name": "d"}]},
+        {"color": "red", "parts": [{"name": "a"}, {"name": "a", "bus": "sata"}]},
+        {"color": "red", "parts": [{"bus": "sata"}]},
+        {"color": "red", "parts": [{"name": "a", "bus": "ide"}]},
+    ]
+
+    def scenario(api: Api) -> list[JSON]:
+        steps = []
+        for index, spec in enumerate(specs):
+            body = gadget(f"{name}-{index}")
+            body["spec"] = spec
+            steps.append(answer(api.post(ns_path(GADGETS, GADGET_PLURAL), body)))
+        return steps
+
+    real, emulated = both(apis, scenario)
+    assert real[0]["code"] == 201 and real[0]["body"]["spec"]["size"] == 1
+    assert_same(real, emulated)
+
+
+def test_strict_field_validation_names_every_unknown_and_duplicate_field(apis: tuple[Api, Api],
+                                                                        unique: Names) -> None:
+    def scenario(api: Api) -> list[JSON]:
+        steps = []
+        body = dm(unique("meta"))
+        body["metadata"]["bogus"] = "x"
+        body["spec"]["bogus"] = 1
+        body["spec"]["disks"] = [{"name": "d", "size": "1Gi", "color": "red"}]
+        body["status"] = {"phase": "Running", "unknown": 1}
+        for mode in ("Strict", "Warn"):
+            reply = api.post(path(), body, query={"fieldValidation": mode})
+            steps.append({**answer(reply), "warnings": sorted(reply.warnings)})
+            body["metadata"]["name"] = unique("meta-warn")
+        duplicated = json.dumps(dm(unique("dup"))).replace('"memory": "64Mi"', '"memory": "64Mi", "memory": "32Mi"')
+        for mode in ("Strict", "Warn"):
+            reply = api.post(path(), duplicated, query={"fieldValidation": mode})
+            steps.append({**answer(reply), "warnings": sorted(reply.warnings)})
+            duplicated = duplicated.replace(unique("dup"), unique("dup-warn"))
+        return steps
+
+    real, emulated = both(apis, scenario)
+    assert_same(real, emulated)
+
+
+def test_delete_with_a_grace_period_while_finalizers_remain(apis: tuple[Api, Api], unique: Names) -> None:
+    name = unique("vm")
+
+    def scenario(api: Api) -> list[JSON]:
+        body = dm(name)
+        body["metadata"]["finalizers"] = ["example.com/keep"]
+        api.ok("POST", path(), body)
+        steps = [answer(api.delete(path(name), {"gracePeriodSeconds": 30})),
+                 answer(api.delete(path(name), query={"gracePeriodSeconds": "5"}))]
+        api.ok("PATCH", path(name), {"metadata": {"finalizers": None}}, content_type="application/merge-patch+json")
+        return steps
+
+    real, emulated = both(apis, scenario)
+    assert_same(real, emulated)

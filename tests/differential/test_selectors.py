@@ -107,3 +107,21 @@ def test_selectable_fields_are_per_crd(populated: tuple[Api, Api]) -> None:
     real, emulated = both(populated, scenario)
     assert real[0] == {"code": 200, "names": ["sel-blue"]}
     assert_same(real, emulated)
+
+
+def test_pages_with_limit_and_continue(populated: tuple[Api, Api]) -> None:
+    def scenario(api: Api) -> list[JSON]:
+        pages = []
+        query: JSON = {"labelSelector": f"set={SET}", "limit": 3}
+        while True:
+            body = api.ok("GET", PATH, query=query)
+            meta = body["metadata"]
+            pages.append({"names": names(body["items"]), "continues": bool(meta.get("continue")),
+                          "remainingItemCount": meta.get("remainingItemCount")})
+            if not meta.get("continue"):
+                return pages
+            query = {**query, "continue": meta["continue"]}
+
+    real, emulated = both(populated, scenario)
+    assert [p["names"] for p in real] == [["sel-cache", "sel-db-prod", "sel-web-dev"], ["sel-web-prod"]]
+    assert_same(real, emulated)

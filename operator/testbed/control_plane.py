@@ -176,6 +176,23 @@ class ControlPlane:
                 seen[str(entry.get("auditID"))] = ((str(entry.get("verb")), resource), code)
         return offset
 
+    @property
+    def node_name(self) -> str:
+        """The node hack/cluster.sh runs a kubelet for ("" when started without one)."""
+        if os.environ.get("LVO_CLUSTER_NODE", "1") != "1":
+            return ""
+        return os.environ.get("LVO_NODE_NAME", "lvo-node")
+
+    def load_image(self, archive: Path) -> str:
+        """Import an OCI archive into the node's containerd (what a pull would do); returns its reference."""
+        socket = self.cluster_sh("containerd-socket").strip()
+        out = subprocess.run(["ctr", "-a", socket, "-n", "k8s.io", "images", "import", str(archive)],
+                             capture_output=True, text=True, timeout=600, check=True).stdout
+        refs = [line.split()[1] for line in out.splitlines() if line.startswith("unpacking ")]
+        named = [r for r in refs if not r.startswith("sha256:")]
+        assert named, f"{archive}: no named image in it ({out!r})"
+        return named[0]
+
     def stop_apiserver(self) -> None:
         """The API server offline: its process stopped (etcd keeps the data)."""
         self.cluster_sh("stop", "kube-apiserver")

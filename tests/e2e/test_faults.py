@@ -431,8 +431,10 @@ def test_a_410_gone_answer_to_a_watch_request_does_not_stop_the_operator(
     assert operator.proc.poll() is None, f"the operator exited:\n{operator.tail(20)}"
     assert cluster.status(name)["phase"] == "Running"
     # A VM applied before the new run's start-up scan is brought up by that scan, before kopf opens its
-    # watch: wait for the watch instead of expecting it to be open already.
-    poll(lambda: cluster.api.requests().get(("watch", "virtualmachines"), 0) > watches + 1,
+    # watch: wait for the watch instead of expecting it to be open already. The emulator counts the watch
+    # it answered 410 too; on the real server the proxy answered it, so the server never saw it.
+    answered_410 = 1 if cluster.api.kind == "emulator" else 0
+    poll(lambda: cluster.api.requests().get(("watch", "virtualmachines"), 0) > watches + answered_410,
          timeout=60, what="a new watch after the 410")
     # The runtime was rebuilt, the guest that already ran was left alone.
     assert host.qemu_pid(f"default_{before}") == qemu
@@ -448,11 +450,19 @@ def _kopf_restarts(operator: Any) -> float:
 
 class InProcessApi:
     """The API emulator in a thread of the test process, with a tiny event history so that a watch
-    resumed after a break meets 410 Expired, as a real watch does once etcd has compacted."""
+    resumed after a break meets 410 Expired, as a real watch does once etcd has compacted.
+
+    An emulator-only hook, on purpose: kube-apiserver answers a resumed watch from its watch cache, whose
+    window is not settable from outside, and etcd compacts every 5 minutes by default, so on the real
+    server the same "resumed past compaction" moment cannot be made on demand within a test's time. The
+    410 answer itself is tested on the real server too (test_a_410_gone_answer_..., via the fault proxy)."""
+
+    kind = "emulator"
 
     def __init__(self, workdir: Path, history_limit: int) -> None:
         self.workdir = workdir
         self.kubeconfig = workdir / "kubeconfig"
+        self.admin_kubeconfig = self.kubeconfig
         self.emulator = KubeEmulator(crd_paths=[CRD_PATH], history_limit=history_limit)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="emulator", daemon=True)
@@ -469,6 +479,9 @@ class InProcessApi:
 
     def requests(self) -> dict[tuple[str, str], int]:
         return dict(self.emulator.requests)
+
+    def operator_env(self) -> dict[str, str]:
+        return {}
 
     def stop(self) -> None:
         self._run(self.emulator.stop())

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from testbed.polling import wait_for
-from tests.differential.conftest import NS, both
+from tests.differential.conftest import NS, RUN, both
 from tests.differential.target import Api, Reply, assert_same, normalise
 
 JSON = dict[str, Any]
@@ -93,7 +93,7 @@ def test_leases_create_update_and_conflict(apis: tuple[Api, Api], unique: Names)
 
 
 def test_namespaces_create_get_delete_terminating(apis: tuple[Api, Api], unique: Names) -> None:
-    name = f"lvo-diff-{unique('ns')}"[:63].rstrip("-")
+    name = f"lvo-diff-{RUN}-{unique('ns')}"[:63].rstrip("-")
 
     def scenario(api: Api) -> list[JSON]:
         steps = [answer(api.post("/api/v1/namespaces", {"metadata": {"name": name, "labels": {"a": "b"}}}))]

@@ -12,6 +12,7 @@ from tests.differential.conftest import (
     DM_VERSION,
     GADGET_GROUP,
     GADGET_VERSION,
+    RUN,
     VM_GROUP,
     VM_VERSION,
     both,
@@ -92,7 +93,7 @@ def _widget_crd(group: str) -> JSON:
 
 def test_a_registered_crd_is_established_served_and_gone_after_delete(apis: tuple[Api, Api],
                                                                       unique: Callable[[str], str]) -> None:
-    group = f"{unique('reg')}.differential.libvirt-operator.test"
+    group = f"{unique('reg')}-{RUN}.differential.libvirt-operator.test"  # RUN: never a failed run's leftover
 
     def scenario(api: Api) -> JSON:
         crd = _widget_crd(group)

@@ -123,6 +123,9 @@ def test_a_vm_on_a_bridge_that_is_down_ends_failed_naming_the_field(
     name = unique("brdown")
     cluster.apply(vm_manifest(name, node_name, interfaces=[{"name": "nic0", "bridge": down_bridge}]))
     message = f"spec.interfaces[0].bridge: bridge '{down_bridge}' is down on node {node_name}"
-    _failed_with_event_and_ready_false(cluster, name, "ProvisioningFailed", message)
+    status = _failed_with_event_and_ready_false(cluster, name, "ProvisioningFailed", message)
     vm = cluster.get(name)
     assert vm is not None and host.domain(vm["metadata"]["uid"]) is None  # refused before it was defined
+    # No domain, so the status names none and `kubectl get -o wide` shows no DOMAIN.
+    assert not {"domainName", "domainUUID", "powerState"} & status.keys(), status
+    assert f"default_{name}" not in cluster.kubectl("get", "lvm", name, "-o", "wide")

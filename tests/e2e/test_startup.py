@@ -89,9 +89,11 @@ def test_interrupted_provisioning_fails_cleanly_and_a_retry_annotation_recovers_
     assert host.domain(uid) is None  # interrupted provisioning wins over "domain missing"
     assert "ProvisioningInterrupted" in cluster.event_reasons(name)
 
+    assert "domainName" not in status  # removed with the half-made domain
     cluster.kubectl("annotate", "lvm", name, f"{RETRY_ANNOTATION}=1")
     cluster.wait_phase(name, "Running")
     assert host.state(uid) == libvirt.VIR_DOMAIN_RUNNING
+    assert "DomainRedefined" not in cluster.event_reasons(name)  # a domain that never was is not "missing"
 
 
 def test_a_missing_domain_is_defined_again_and_an_unfinished_deletion_is_completed(

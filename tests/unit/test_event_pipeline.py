@@ -72,14 +72,21 @@ class Env:
                 created = await resp.json()
         return str(created["metadata"]["uid"])
 
-    async def annotate(self, name: str, key: str, value: str) -> None:
+    async def patch(self, name: str, body: dict[str, Any]) -> None:
+        """A merge patch, as `kubectl patch --type merge` sends it."""
         import aiohttp
 
         url = f"{self.api.url}/apis/{GROUP}/{VERSION}/namespaces/default/{PLURAL}/{name}"
         async with aiohttp.ClientSession() as session, session.patch(
-                url, json={"metadata": {"annotations": {key: value}}},
-                headers={"Content-Type": "application/merge-patch+json"}) as resp:
+                url, json=body, headers={"Content-Type": "application/merge-patch+json"}) as resp:
             assert resp.status == 200, await resp.text()
+
+    async def annotate(self, name: str, key: str, value: str) -> None:
+        await self.patch(name, {"metadata": {"annotations": {key: value}}})
+
+    def reasons(self, name: str) -> list[str]:
+        return [e["reason"] for e in self.api.objects("", "v1", "events")
+                if e["involvedObject"].get("name") == name]
 
 
 @pytest.fixture
@@ -381,3 +388,37 @@ async def test_a_start_refused_for_good_ends_failed_naming_the_field_with_an_eve
                          what="Running after the retry")
     assert not status.get("restarts")
     assert env.libvirt.lookupByUUIDString(uid).state()[0] == libvirt.VIR_DOMAIN_RUNNING
+
+
+async def test_a_halted_vm_switched_to_always_is_started_not_counted_as_a_restart(env: Env) -> None:
+    uid = await env.create("wake", runStrategy="Halted")
+    await until(lambda: env.status("wake").get("phase") == "Stopped", what="Stopped")
+    await env.patch("wake", {"spec": {"runStrategy": "Always"}})
+    status = await until(lambda: env.status("wake").get("phase") == "Running" and env.status("wake"),
+                         what="Running")
+    await env.operator.idle()
+    assert not env.status("wake").get("restarts") and status["startedAt"]
+    assert "RestartedByPolicy" not in env.reasons("wake")
+    assert env.libvirt.lookupByUUIDString(uid).state()[0] == libvirt.VIR_DOMAIN_RUNNING
+
+
+async def test_a_vm_that_failed_before_its_domain_existed_names_no_domain_and_its_retry_redefines_nothing(
+        env: Env) -> None:
+    uid = await env.create("noimage", disks=[{"name": "root", "image": "later.qcow2"}])
+    status = await until(lambda: env.status("noimage").get("phase") == "Failed" and env.status("noimage"),
+                         what="Failed")
+    assert status["reason"] == "ProvisioningFailed" and "spec.disks[0].image" in status["message"]
+    # No domain exists, so none is named (kubectl get -o wide shows no DOMAIN).
+    assert not {"domainName", "domainUUID", "powerState"} & status.keys(), status
+    with pytest.raises(libvirt.libvirtError):
+        env.libvirt.lookupByUUIDString(uid)
+
+    image = env.runtime.storage.image_dir / "later.qcow2"
+    made = await asyncio.create_subprocess_exec("qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M")
+    assert await made.wait() == 0
+    await env.annotate("noimage", RETRY_ANNOTATION, "1")
+    status = await until(lambda: env.status("noimage").get("phase") == "Running" and env.status("noimage"),
+                         what="Running after the retry")
+    await env.operator.idle()
+    assert status["domainName"] == "default_noimage" and status["domainUUID"] == uid
+    assert "DomainRedefined" not in env.reasons("noimage")  # its domain never went missing: it never was

@@ -83,3 +83,18 @@ def test_a_guest_started_paused_is_resumed_when_not_wanted_paused() -> None:
 ])
 def test_phase_follows_libvirt_power_state(power: PowerState, phase: Phase) -> None:
     assert phase_for(power) == phase
+
+
+@pytest.mark.parametrize(("strategy", "reason"), [
+    ("Always", "Shutdown"), ("Always", "Destroyed"), ("RerunOnFailure", "Destroyed"), ("RerunOnFailure", "Crashed"),
+])
+def test_a_start_the_user_asks_for_is_a_start_not_a_restart_by_policy(strategy: str, reason: str) -> None:
+    # Halted (or Manual) -> Always while stopped: the README's table counts only guests that stopped on
+    # their own as restarts (status.restarts, the RestartedByPolicy Event).
+    decision = decide(run_strategy=strategy, paused=False, observed=Observed(SHUTOFF, reason), first_start=False,
+                      spec_changed=True, believed_running=False)
+    assert decision.action == Action.START
+    assert not decision.restart_by_policy
+    stopped_on_its_own = decide(run_strategy=strategy, paused=False, observed=Observed(SHUTOFF, reason),
+                                first_start=False, spec_changed=False, believed_running=True)
+    assert stopped_on_its_own.action == Action.START and stopped_on_its_own.restart_by_policy

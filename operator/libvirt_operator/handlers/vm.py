@@ -34,7 +34,7 @@ from libvirt_operator.api.status import (
 from libvirt_operator.hypervisor import domains, hardware
 from libvirt_operator.hypervisor.bridges import bridge_problem, read_bridge
 from libvirt_operator.hypervisor.connection import HypervisorError, HypervisorUnavailable, Retry, start_retry
-from libvirt_operator.hypervisor.domain_xml import Owner, build_domain_xml, domain_name, field_named_by
+from libvirt_operator.hypervisor.domain_xml import Owner, build_domain_xml, field_named_by
 from libvirt_operator.hypervisor.storage import StorageError
 from libvirt_operator.kube.client import KubeError
 from libvirt_operator.pipeline.policy import Action, Decision, Observed, decide, phase_for
@@ -126,21 +126,22 @@ class Reconciler:
         if status.get("phase") == Phase.FAILED.value and not self._retry_requested(rec):
             return None
 
-        try:
-            spec = parse_spec(rec.acting_on.get("spec") or {}, self.limits)
-            self._check_host_capacity(spec)
-        except SpecError as exc:
-            await self._fail(rec, "InvalidSpec", str(exc))
-            return None
-
+        # The domain first: whatever fails below, the status names a domain only while one exists.
         dom = await self.rt.conn.call("domain state", lambda c: domains.state_of(c, rec.uid))
         if dom is not None and not rec.owner_verified:
             owner = await self.rt.conn.call("domain owner", lambda c: domains.owner_of(c, rec.uid))
             if owner is None or owner.uid != rec.uid or owner.node != node:
                 await self._fail(rec, "DomainConflict", f"a libvirt domain with UUID {rec.uid} ({dom.name}) exists "
-                                 "on this node and is not owned by this operator: it is left alone")
+                                 "on this node and is not owned by this operator: it is left alone", None)
                 return None
             rec.owner_verified = True
+
+        try:
+            spec = parse_spec(rec.acting_on.get("spec") or {}, self.limits)
+            self._check_host_capacity(spec)
+        except SpecError as exc:
+            await self._fail(rec, "InvalidSpec", str(exc), dom)
+            return None
 
         # nova's order: an interrupted provisioning wins over a missing domain.
         # Only a provisioning left by an earlier process is "interrupted"; ours is retried (transient errors).
@@ -158,24 +159,24 @@ class Reconciler:
             try:
                 made = await self._provision(rec, spec)
             except (ValueError, StorageError) as exc:  # SpecError is a ValueError
-                await self._fail(rec, "ProvisioningFailed", str(exc))
+                await self._fail(rec, "ProvisioningFailed", str(exc), None)
                 return None
             except HypervisorUnavailable:
                 raise  # retried after reconnection
             except HypervisorError as exc:  # libvirt refused the definition: permanent for this spec
-                await self._fail(rec, "ProvisioningFailed", f"libvirt refused the domain: {exc}")
+                await self._fail(rec, "ProvisioningFailed", f"libvirt refused the domain: {exc}", None)
                 return None
             dom = made.state
             rec.owner_verified = True  # defined from our XML, owner metadata included
             if made.start_error is not None:
-                await self._start_failed(rec, spec, made.start_error)
+                await self._start_failed(rec, spec, dom, made.start_error)
                 return None  # refused for good: Failed naming the field (a transient refusal raised)
             if made.started:
                 started = self._start_fields()
             first_start = True
         elif status.get("phase") == Phase.FAILED.value or self._generation_moved(rec):
             # A retry or a spec change: bring the definition in line with the spec.
-            if not await self._redefine_if_changed(rec, spec):
+            if not await self._redefine_if_changed(rec, spec, dom):
                 return None  # refused: Failed naming the field; the running guest is left as it is
             first_start = status.get("phase") == Phase.FAILED.value
         if self._first_start_failed(status):
@@ -261,7 +262,7 @@ class Reconciler:
 
         extra: dict[str, Any] = dict(started or {})
         if decision.action == Action.START:
-            result = await self._start(rec, spec, restart=decision.restart_by_policy)
+            result = await self._start(rec, spec, dom, restart=decision.restart_by_policy)
             if result is None:
                 return None  # refused for good: Failed naming the field
             dom, extra = result
@@ -277,13 +278,13 @@ class Reconciler:
         await self._write_status(rec, self._observed_status(rec, spec, dom, extra=extra))
         return None
 
-    async def _start(self, rec: VMRecord, spec: VMSpec, *,
+    async def _start(self, rec: VMRecord, spec: VMSpec, dom: domains.DomainState, *,
                      restart: bool) -> tuple[domains.DomainState, dict[str, Any]] | None:
         """Starts the guest; returns its state right after and the status fields the start sets, or None
         when the start was refused for good (the VM is then Failed)."""
         error = self._bridge_error(spec)
         if error is not None:  # libvirt would start it without a link, or fail with an unclear message
-            await self._fail(rec, "StartFailed", str(error))
+            await self._fail(rec, "StartFailed", str(error), dom)
             return None
         self.rt.restart_required.pop(rec.uid, None)
         try:
@@ -292,7 +293,7 @@ class Reconciler:
         except HypervisorUnavailable:
             raise
         except HypervisorError as exc:
-            await self._start_failed(rec, spec, exc)
+            await self._start_failed(rec, spec, dom, exc)
             return None
         extra = self._start_fields()
         if restart:
@@ -310,17 +311,18 @@ class Reconciler:
     def _start_fields(self) -> dict[str, Any]:
         return {"lastEvent": self._own_event("Started", "Booted"), "startedAt": now_iso()}
 
-    async def _start_failed(self, rec: VMRecord, spec: VMSpec, exc: HypervisorError) -> None:
+    async def _start_failed(self, rec: VMRecord, spec: VMSpec, dom: domains.DomainState,
+                            exc: HypervisorError) -> None:
         """A start libvirt refused. For good (start_retry): Failed naming the field, and returns. Otherwise
         the wish is persisted so that the start is retried, also by a restarted operator (nova: POWERING_ON),
         and the error raised: the work queue retries with backoff."""
         if start_retry(exc.code, exc.domain, exc.errno) == Retry.PERMANENT:
             field = field_named_by(exc.detail, spec, self._disk_files(rec, spec))
             await self._fail(rec, "StartFailed", start_failure_message(exc.detail, field,
-                                                                         self.rt.settings.node_name))
+                                                                         self.rt.settings.node_name), dom)
             return
         await self._write_status(rec, {"phase": Phase.STARTING.value, "reason": "StartFailed",
-                                       "message": str(exc)})
+                                       "message": str(exc), **_domain_fields(dom)})
         raise exc
 
     def _disk_files(self, rec: VMRecord, spec: VMSpec) -> dict[str, list[str]]:
@@ -365,13 +367,12 @@ class Reconciler:
 
     async def _provision(self, rec: VMRecord, spec: VMSpec) -> domains.Created:
         """Defines the domain, and starts it in the same worker call when its first start is due."""
-        meta = rec.body["metadata"]
-        name = domain_name(meta["namespace"], meta["name"])
         rec.provisioning_here = True
         try:
+            # No domainName yet: the status names a domain only once it exists.
             await self._write_status(rec, {
                 "phase": Phase.PROVISIONING.value, "nodeName": self.rt.settings.node_name,
-                "domainName": name, "domainUUID": rec.uid, "reason": "Provisioning", "message": "",
+                "reason": "Provisioning", "message": "",
                 "observedGeneration": self._acting_generation(rec),
                 "disks": [{"name": d.name, "path": str(self.rt.storage.disk_path(rec.uid, d.name))}
                           for d in spec.disks],
@@ -445,7 +446,7 @@ class Reconciler:
             raise SpecError("spec.cpu.cores", f"{spec.cores} cores is more than node "
                             f"{self.rt.settings.node_name} has ({cpus} CPUs)")
 
-    async def _redefine_if_changed(self, rec: VMRecord, spec: VMSpec) -> bool:
+    async def _redefine_if_changed(self, rec: VMRecord, spec: VMSpec, dom: domains.DomainState) -> bool:
         """False when the new spec is refused (the VM is then Failed, its domain untouched)."""
         current = await self.rt.conn.call(
             "domain XML", lambda c: domains.xml_of(c, rec.uid, flags=libvirt.VIR_DOMAIN_XML_INACTIVE))
@@ -454,7 +455,7 @@ class Reconciler:
         try:
             xml, _paths = await self._build_xml(rec, spec)
         except (ValueError, StorageError) as exc:
-            await self._fail(rec, "InvalidSpec", str(exc))
+            await self._fail(rec, "InvalidSpec", str(exc), dom)
             return False
         if hardware.differs(xml, current):
             logger.info("%s/%s: hardware changed: redefining the domain", *rec.key)
@@ -472,7 +473,7 @@ class Reconciler:
         await asyncio.to_thread(self.rt.storage.remove_vm_dir, rec.uid)
         message = ("provisioning was interrupted (the operator stopped mid-spawn); half-made disks and "
                    f"domain were removed. Set the annotation {RETRY_ANNOTATION} or change the spec to retry")
-        await self._fail(rec, "ProvisioningInterrupted", message)
+        await self._fail(rec, "ProvisioningInterrupted", message, None)
 
     # --- deletion ----------------------------------------------------------------------------------------
 
@@ -609,13 +610,15 @@ class Reconciler:
                                    f"libvirt at {self.rt.settings.libvirt_uri}: {self.rt.conn.last_error}")
         return {"conditions": conditions}
 
-    async def _fail(self, rec: VMRecord, reason: str, message: str) -> None:
+    async def _fail(self, rec: VMRecord, reason: str, message: str, dom: domains.DomainState | None) -> None:
+        """Phase Failed; ``dom``: the VM's domain as it is now (None: there is none, and the status names
+        none: no domainName in `kubectl get -o wide`, no "missing domain" at the retry)."""
         logger.warning("%s/%s: Failed (%s): %s", *rec.key, reason, message)
         conditions = set_condition(rec.status.get("conditions") or [], "Ready", "False", reason, message)
         status = {"phase": Phase.FAILED.value, "reason": reason, "message": message,
                   "observedGeneration": self._acting_generation(rec),
                   "nodeName": self.rt.settings.node_name, "conditions": conditions,
-                  "observedRetry": self._retry_token(rec)}
+                  "observedRetry": self._retry_token(rec), **_domain_fields(dom)}
         if rec.status.get("phase") != Phase.FAILED.value or rec.status.get("message") != message:
             await self.rt.post_event(rec.body, "Warning", reason, message)
         await self._write_status(rec, status)
@@ -675,6 +678,13 @@ class Reconciler:
     @staticmethod
     def migrating(body: Mapping[str, Any]) -> bool:
         return MIGRATING_ANNOTATION in (body.get("metadata", {}).get("annotations") or {})
+
+
+def _domain_fields(dom: domains.DomainState | None) -> dict[str, Any]:
+    """The status fields that describe the domain; None removes them (a merge patch) when there is none."""
+    if dom is None:
+        return {"domainName": None, "domainUUID": None, "powerState": None}
+    return {"domainName": dom.name, "domainUUID": dom.uuid, "powerState": power_state(dom.state).value}
 
 
 def _network_probe(name: str) -> Any:

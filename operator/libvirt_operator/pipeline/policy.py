@@ -9,6 +9,9 @@ Pure functions, in the spirit of nova's ``_sync_instance_power_state`` and KubeV
 | Manual         | record (Stopped)                       | record (Stopped)     | record (Running)     |
 | Halted         | stay Stopped                           | stay Stopped         | stop it again        |
 
+A restart by policy is a guest that stopped on its own and is started again by the strategy; a start the
+user asked for (the spec changed, e.g. Halted -> Always) is a start, never counted as a restart.
+
 Pauses: ``spec.paused`` is acted on when the spec changes (generation moves); a pause that libvirt or
 somebody else caused (I/O error, watchdog, ``virsh suspend``) is recorded with its reason and not fought.
 """
@@ -78,6 +81,8 @@ def decide(
         if first_start and run_strategy != "Halted":
             return Decision(Action.START, "first start")
         if run_strategy == "Always":
+            if spec_changed:
+                return Decision(Action.START, "runStrategy Always asked for while stopped")
             return Decision(Action.START, f"runStrategy Always and the guest stopped ({observed.reason})",
                             restart_by_policy=True)
         if run_strategy == "RerunOnFailure":
@@ -87,7 +92,7 @@ def decide(
                 clean = not believed_running
             if not clean:
                 return Decision(Action.START, f"runStrategy RerunOnFailure and the guest failed "
-                                f"({observed.reason})", restart_by_policy=True)
+                                f"({observed.reason})", restart_by_policy=not spec_changed)
             if spec_changed:
                 return Decision(Action.START, "spec changed while cleanly stopped")
             return Decision(Action.NONE, "clean guest shutdown: stays Stopped")

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help=f"reduced sizes ({QUICK.created} guests, {QUICK.scale} VMs): about a minute")
+                        help=f"reduced sizes ({QUICK.created} guests, {QUICK.scale} VMs): a few minutes")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                         help="JSON results file; the plot goes next to it as .png (default: %(default)s)")
     parser.add_argument("--api", choices=KINDS, default=os.environ.get("LVO_API", "real"),

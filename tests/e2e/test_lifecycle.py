@@ -48,8 +48,10 @@ def test_stop_start_pause_resume_by_patching_the_spec(cluster: Cluster, host: Ho
     uid = cluster.wait_phase(name, "Running")["domainUUID"]
 
     cluster.patch_spec(name, {"runStrategy": "Halted"})
-    cluster.wait_phase(name, "Stopped", powerState="Shutoff", timeout=60)
+    status = cluster.wait_phase(name, "Stopped", powerState="Shutoff", timeout=60)
     assert host.state(uid) == libvirt.VIR_DOMAIN_SHUTOFF
+    # No OS answers the ACPI power-off: destroyed at the shutdown timeout, and the status says so.
+    assert (status["lastEvent"]["detail"], status["reason"]) == ("Destroyed", "Destroyed")
 
     cluster.patch_spec(name, {"runStrategy": "Always"})
     cluster.wait_phase(name, "Running", powerState="Running")

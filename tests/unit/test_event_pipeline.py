@@ -422,3 +422,50 @@ async def test_a_vm_that_failed_before_its_domain_existed_names_no_domain_and_it
     await env.operator.idle()
     assert status["domainName"] == "default_noimage" and status["domainUUID"] == uid
     assert "DomainRedefined" not in env.reasons("noimage")  # its domain never went missing: it never was
+
+
+class _IgnoringAcpi:
+    """A libvirt connection whose guests ignore the ACPI power-off (no OS, as the minimal example's)."""
+
+    def __init__(self, conn: libvirt.virConnect) -> None:
+        self._conn = conn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def lookupByUUIDString(self, uuid: str) -> Any:
+        return _IgnoringAcpiDomain(self._conn.lookupByUUIDString(uuid))
+
+
+class _IgnoringAcpiDomain:
+    def __init__(self, dom: libvirt.virDomain) -> None:
+        self._dom = dom
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._dom, name)
+
+    def shutdown(self) -> None:
+        """The request reaches no OS: the guest keeps running."""
+
+
+@pytest.mark.parametrize(("ignores_acpi", "detail"), [(True, "Destroyed"), (False, "Shutdown")])
+async def test_the_last_event_of_a_stop_says_whether_the_guest_shut_down_or_was_destroyed(
+        env: Env, ignores_acpi: bool, detail: str) -> None:
+    uid = await env.create("stopper")
+    await until(lambda: env.status("stopper").get("phase") == "Running", what="Running")
+
+    async def install() -> None:
+        rt = env.runtime
+        original = rt.conn.call
+
+        async def call(what: str, fn: Any) -> Any:
+            return await original(what, lambda c: fn(_IgnoringAcpi(c) if ignores_acpi else c))
+        rt.conn.call = call  # type: ignore[method-assign]
+    await env.operator.run(install)
+    await env.patch("stopper", {"spec": {"runStrategy": "Halted"}})
+    status = await until(lambda: env.status("stopper").get("phase") == "Stopped" and env.status("stopper"),
+                         what="Stopped")
+    assert status["lastEvent"]["type"] == "Stopped" and status["lastEvent"]["detail"] == detail
+    reason = "Destroyed" if ignores_acpi else "Shutdown"  # libvirt's shut-off reason agrees
+    assert status["reason"] == reason
+    assert env.libvirt.lookupByUUIDString(uid).state()[0] == libvirt.VIR_DOMAIN_SHUTOFF

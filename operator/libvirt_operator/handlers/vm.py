@@ -348,6 +348,7 @@ class Reconciler:
     async def _continue_stop(self, rec: VMRecord, spec: VMSpec | None,
                              dom: domains.DomainState | None) -> float | None:
         """Poll a graceful shutdown; destroy once the timeout has passed. Returns a requeue delay."""
+        how = "Shutdown"  # libvirt's STOPPED detail for what ended the guest
         if dom is not None and dom.active:
             deadline = rec.stop_deadline or 0.0
             if time.monotonic() < deadline:
@@ -356,11 +357,11 @@ class Reconciler:
                         self.rt.settings.shutdown_timeout)
             # A destroy is reported as a Shutdown notice (detail host) and then Stopped.
             dom = await self._act(rec, "destroy", lambda c: domains.destroy(c, rec.uid), "Shutdown", "Stopped")
+            how = "Destroyed"
         rec.stop_deadline = None
         if spec is not None and dom is not None:
             await self._write_status(rec, self._observed_status(
-                rec, spec, dom, extra={"lastEvent": self._own_event("Stopped", "Shutdown"),
-                                       "stoppedAt": now_iso()}))
+                rec, spec, dom, extra={"lastEvent": self._own_event("Stopped", how), "stoppedAt": now_iso()}))
         return None
 
     # --- provisioning ----------------------------------------------------------------------------------

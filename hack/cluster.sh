@@ -40,7 +40,9 @@ CACHE_ROOT="${LVO_CACHE_DIR:-/var/cache/libvirt-operator}"
 BIN="$CACHE_ROOT/k8s-$KUBE_VERSION-$(cat "$GO_MOD_DIR/go.mod" "$GO_MOD_DIR/go.sum" "$GO_MOD_DIR/etcd/main.go" | sha256sum | cut -c1-12)/bin"
 NODE_NAME="${LVO_NODE_NAME:-lvo-node}"
 WITH_NODE="${LVO_CLUSTER_NODE:-1}"
-CONTAINERD_SOCK=/run/lvo-containerd/containerd.sock
+# containerd's runtime directory is per state directory: `down` of one cluster never touches another's node.
+CONTAINERD_RUN="/run/lvo-containerd-$(echo "$STATE" | sha256sum | cut -c1-8)"
+CONTAINERD_SOCK="$CONTAINERD_RUN/containerd.sock"
 PAUSE_IMAGE=localhost/lvo-pause:1
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler)
 NODE_COMPONENTS=(containerd kubelet)
@@ -275,7 +277,7 @@ start_containerd() {
     cat >"$dir/config.toml" <<EOF
 version = 2
 root = "$dir/root"
-state = "/run/lvo-containerd/state"
+state = "$CONTAINERD_RUN/state"
 [grpc]
   address = "$CONTAINERD_SOCK"
 [plugins."io.containerd.grpc.v1.cri"]
@@ -400,7 +402,7 @@ stop_node() {
     fi
     stop_one containerd
     pkill -KILL -f "containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK" 2>/dev/null || true
-    grep -oE " ($STATE|/run/lvo-containerd)/[^ ]*" /proc/mounts | sort -r | while read -r m; do
+    grep -oE " ($STATE|$CONTAINERD_RUN)/[^ ]*" /proc/mounts | sort -r | while read -r m; do
         umount -l "$m" 2>/dev/null || true
     done
 }

@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
                                      "CRD, register a Node, write a kubeconfig to --kubeconfig once the API "
                                      "answers, and run the operator for that node. Foreground until "
                                      "Ctrl-C/SIGTERM.")
-    settings_mod.add_arguments(dev)
+    settings_mod.add_arguments(dev, mode="dev")
     dev.add_argument("--api-only", action="store_true", help="run only the API emulator (with the CRD)")
     dev.add_argument("--port", type=int, default=0, help="API emulator port (default: a free port)")
     dev.add_argument("--state-file", type=Path, default=None,

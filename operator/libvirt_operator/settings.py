@@ -60,10 +60,10 @@ class Settings:
 
 # (flag, env suffix, field, type, help). Types: str, int, float, path, bool (--x/--no-x).
 _OPTIONS: list[tuple[str, str, str, str, str]] = [
-    ("--node-name", "NODE_NAME", "node_name", "str", "node whose VMs this operator owns (env NODE_NAME too)"),
+    ("--node-name", "NODE_NAME", "node_name", "str", "node whose VMs this operator owns"),
     ("--libvirt-uri", "LIBVIRT_URI", "libvirt_uri", "str", "libvirt connection URI"),
-    ("--kubeconfig", "KUBECONFIG", "kubeconfig", "str", "kubeconfig file (in-cluster config if unset)"),
-    ("--namespace", "NAMESPACE", "namespace", "str", "watch one namespace only (default: all)"),
+    ("--kubeconfig", "KUBECONFIG", "kubeconfig", "str", "kubeconfig file"),
+    ("--namespace", "NAMESPACE", "namespace", "str", "watch one namespace only"),
     ("--image-dir", "IMAGE_DIR", "image_dir", "path", "directory of base images that disks may use"),
     ("--storage-dir", "STORAGE_DIR", "storage_dir", "path", "directory where VM disks are created"),
     ("--domain-type", "DOMAIN_TYPE", "domain_type", "str", "libvirt domain type: auto, kvm or qemu"),
@@ -100,12 +100,50 @@ RUN_FLAGS = frozenset(opt[0] for opt in _OPTIONS) | frozenset(
 )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare every setting as a flag; defaults stay None so the environment can fill the gap."""
-    for flag, env, name, kind, help_text in _OPTIONS:
-        env_name = "NODE_NAME" if name == "node_name" else "KUBECONFIG" if name == "kubeconfig" else (
-            ENV_PREFIX + env)
-        full_help = f"{help_text} [env {env_name}]"
+# What a default of None means, for the help text.
+_NONE_DEFAULTS = {"kubeconfig": "in-cluster config", "namespace": "all namespaces"}
+
+
+def _dev_help() -> dict[str, tuple[str, str | None]]:
+    """Where `dev` (local mode) differs: (help, default shown; None: the flag is required)."""
+    node_dir = f"{_state_dir()}/<node name>"
+    return {
+        "kubeconfig": ("file the kubeconfig of the API emulator is written to (required)", None),
+        "libvirt_uri": ("libvirt connection URI",
+                        "qemu:///system, or test:///default when no libvirtd answers there"),
+        "image_dir": ("directory of base images that disks may use", f"{node_dir}/images"),
+        "storage_dir": ("directory where VM disks are created", f"{node_dir}/disks"),
+    }
+
+
+def default_text(name: str, value: Any) -> str:
+    """Pure: a setting's default as the help shows it."""
+    if value is None:
+        return _NONE_DEFAULTS.get(name, "none")
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def help_text(name: str, *, mode: str = "run") -> str:
+    """Pure: the help of a setting's flag for ``run`` or ``dev``: what it does, its default, its variable."""
+    option = next(opt for opt in _OPTIONS if opt[2] == name)
+    text, default = option[4], default_text(name, getattr(Settings(), name))
+    dev = _dev_help() if mode == "dev" else {}
+    if name in dev:
+        text, dev_default = dev[name]
+        default = dev_default or ""
+    shown = f"{text} (default: {default})" if default else text
+    return f"{shown} [env {env_name_for(name)}]".replace("%", "%%")  # argparse formats help with %
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, mode: str = "run") -> None:
+    """Declare every setting as a flag (``mode``: run or dev, for the help); defaults stay None so that
+    the environment can fill the gap."""
+    for flag, _env, name, kind, _help in _OPTIONS:
+        full_help = help_text(name, mode=mode)
         if kind == "bool":
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
                                 help=full_help)

@@ -93,6 +93,7 @@ def test_printer_columns(version: dict[str, Any]) -> None:
 # --- structural schema -----------------------------------------------------------------------------
 
 JUNCTORS = ("allOf", "anyOf", "oneOf", "not")
+INT_OR_STRING = [{"type": "integer"}, {"type": "string"}]
 # Not allowed inside logical junctors of a structural schema.
 NOT_IN_JUNCTORS = ("type", "default", "description", "nullable", "additionalProperties", "title",
                    "x-kubernetes-preserve-unknown-fields", "x-kubernetes-int-or-string",
@@ -111,6 +112,8 @@ def structural_problems(node: dict[str, Any], path: str) -> Iterator[str]:
     if "properties" in node and "additionalProperties" in node:
         yield f"{path}: properties and additionalProperties together"
     for junctor in JUNCTORS:
+        if junctor == "anyOf" and node.get("x-kubernetes-int-or-string") and node.get(junctor) == INT_OR_STRING:
+            continue  # the one junctor with types a structural schema allows (apiextensions' own exception)
         branches = node.get(junctor)
         for index, branch in enumerate([branches] if isinstance(branches, dict) else branches or []):
             for key in NOT_IN_JUNCTORS:
@@ -143,6 +146,34 @@ def test_schema_is_structural(schema: dict[str, Any]) -> None:
     assert list(structural_problems(schema, "openAPIV3Schema")) == []
     # Only the top-level type is allowed for metadata.
     assert schema["properties"]["metadata"] == {"type": "object"}
+
+
+def _properties(node: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every property of the schema, at every level (array items included), with its path."""
+    for name, child in node.get("properties", {}).items():
+        yield f"{path}.{name}", child
+        yield from _properties(child, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from _properties(node["items"], f"{path}[]")
+
+
+def test_every_field_has_a_description_for_kubectl_explain(schema: dict[str, Any]) -> None:
+    # metadata is Kubernetes' ObjectMeta: a CRD may not describe it (only its type is allowed).
+    missing = [path for path, node in _properties(schema, "") if path != ".metadata"
+               and not str(node.get("description", "")).strip()]
+    assert missing == []
+    assert len(list(_properties(schema, ""))) >= 48  # the walk reached the nested fields
+
+
+def test_every_field_has_a_type_and_quantities_are_integers_or_strings(schema: dict[str, Any]) -> None:
+    untyped = [path for path, node in _properties(schema, "")
+               if "type" not in node and not node.get("x-kubernetes-int-or-string")]
+    assert untyped == []
+    quantities = {path: node for path, node in _properties(schema, "") if node.get("x-kubernetes-int-or-string")}
+    assert set(quantities) == {".spec.memory", ".spec.disks[].size"}
+    for path, node in quantities.items():
+        assert node["anyOf"] == INT_OR_STRING, path
+        assert node["pattern"] == QUANTITY_PATTERN, path
 
 
 def test_status_is_structural_and_complete(schema: dict[str, Any]) -> None:

@@ -312,6 +312,9 @@ node_registered() { admin_kubectl get node "$NODE_NAME" -o name >/dev/null 2>&1;
 start_kubelet() {
     local dir="$STATE/kubelet"
     mkdir -p "$dir"
+    # Mount propagation into pods (the chart mounts its host directories HostToContainer) needs the host's
+    # mounts shared, as systemd makes them at boot; machines without systemd leave / private.
+    if [ "$(findmnt -no PROPAGATION / 2>/dev/null)" = private ]; then mount --make-rshared /; fi
     kubeconfig "$dir/kubeconfig" "kubelet-$NODE_NAME"
     cat >"$dir/config.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1

@@ -32,6 +32,13 @@ if [ "${LVO_API:-real}" = real ]; then
     started=$SECONDS
     bash hack/cluster.sh up || exit $?
     echo "== control plane ready in $((SECONDS - started)) s"
+    if [ "${LVO_CLUSTER_NODE:-1}" = 1 ]; then
+        # The operator image the DaemonSet test runs on the node (built once per content hash, seconds after).
+        echo "== operator image (hack/image.sh)"
+        started=$SECONDS
+        bash hack/image.sh >/dev/null || exit $?
+        echo "== operator image ready in $((SECONDS - started)) s"
+    fi
 fi
 
 # Default to the whole suite unless a test path was given.

@@ -215,3 +215,24 @@ def test_helm_upgrade_and_a_deleted_pod_keep_every_guest_running_and_hand_the_le
         user.patch_spec(names[0], {"paused": False})
         user.wait_phase(names[0], "Running")
         unchanged()
+
+
+def test_helm_uninstall_leaves_the_crd_the_vms_and_their_guests_and_a_reinstall_picks_them_up(
+        release: Release, control_plane: ControlPlane, user: Cluster, host: Host) -> None:
+    """What docs/helm.md says of `helm uninstall`: the DaemonSet goes, the CRD, every VirtualMachine and every
+    running guest stay (unmanaged); installing the chart again takes them over without a restart."""
+    node = control_plane.node_name
+    name = f"stay-{uuid.uuid4().hex[:4]}"
+    user.apply(vm_manifest(name, node, memory="32Mi"))
+    uid = user.wait_phase(name, "Running", timeout=120)["domainUUID"]
+    pid = _qemu_pid(host, name)
+    release.run("uninstall", "--wait", "--timeout", "120s")
+    wait_for(lambda: not release.pods(), timeout=120, what="the DaemonSet's pods gone")
+    assert control_plane.kubectl("get", "crd", "virtualmachines.virt.libvirt-operator.dev", "-o", "name")
+    vm = user.get(name)
+    assert vm is not None and "virt.libvirt-operator.dev/cleanup" in vm["metadata"]["finalizers"]
+    assert host.state(uid) == libvirt.VIR_DOMAIN_RUNNING and _qemu_pid(host, name) == pid
+    release.install()
+    wait_for(release.ready_pod, timeout=180, interval=1, what="the reinstalled DaemonSet's pod Ready")
+    assert user.wait_phase(name, "Running")["domainUUID"] == uid
+    assert _qemu_pid(host, name) == pid, "the reinstall restarted the guest"

@@ -22,10 +22,16 @@ from typing import Any
 
 import libvirt
 
+from libvirt_operator.api.status import event_name, power_state
+from libvirt_operator.context import HostFacts, HostParts, VMParts
+from libvirt_operator.handlers.host import HostReconciler
+from libvirt_operator.handlers.node import NodeReporter, quality_warnings, read_host_info
+from libvirt_operator.handlers.vm import Reconciler
 from libvirt_operator.hypervisor import domains
 from libvirt_operator.hypervisor.connection import Connection, HypervisorError, LifecycleEvent
 from libvirt_operator.hypervisor.storage import Storage
 from libvirt_operator.kube.client import KubeClient, KubeError
+from libvirt_operator.kube.lease import LeaseConfig, NodeLease
 from libvirt_operator.metrics import Metrics
 from libvirt_operator.pipeline.records import MAX_PENDING_EVENTS, Key, RecordStore
 from libvirt_operator.pipeline.workqueue import WorkQueue
@@ -70,12 +76,10 @@ def _freeze_long_lived_objects() -> None:
 
 
 class Runtime:
-    def __init__(self, settings: Settings, kube: KubeClient, *, metrics: Metrics | None = None) -> None:
-        # Imports here keep the module graph acyclic (handlers refer back to the runtime).
-        from libvirt_operator.handlers.host import HostReconciler
-        from libvirt_operator.handlers.node import NodeReporter
-        from libvirt_operator.handlers.vm import Reconciler
+    """Owns the parts (connection, storage, records, queue, metrics) and hands each handler the ones it
+    uses (context.py): the handlers never see the runtime itself."""
 
+    def __init__(self, settings: Settings, kube: KubeClient, *, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.kube = kube
         self.metrics = metrics or Metrics()
@@ -88,13 +92,15 @@ class Runtime:
         self.storage = Storage(settings.image_dir, settings.storage_dir)
         self.records = RecordStore()
         self.queue: WorkQueue[Key] = WorkQueue(max_delay=10.0)
-        self.reconciler = Reconciler(self)
-        self.host = HostReconciler(self)
-        self.node = NodeReporter(self)
         self.restart_required: dict[str, bool] = {}
-        self.host_capacity: tuple[int, int] = (0, 0)  # memory MiB, CPUs (0: unknown)
-        self.domain_type = "kvm"
-        self.emulator: str | None = None
+        self.facts = HostFacts()  # filled in by start()
+        self.host = HostReconciler(HostParts(settings=settings, conn=self.conn, storage=self.storage,
+                                             records=self.records, post_event=self.post_event))
+        self.reconciler = Reconciler(VMParts(
+            settings=settings, kube=kube, conn=self.conn, storage=self.storage, records=self.records,
+            metrics=self.metrics, facts=self.facts, host=self.host, restart_required=self.restart_required,
+            post_event=self.post_event, spawn=self.spawn, first_pass_done=self.first_pass_done))
+        self.node = NodeReporter(settings, kube)
         self._pending_first: set[Key] = set()
         self._first_pass_event = asyncio.Event()
         self._startup_done = False
@@ -102,7 +108,7 @@ class Runtime:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[Any]] = []
         self.startup_seconds: float | None = None
-        self.lease: Any = None
+        self.lease: NodeLease | None = None
         self.lease_lost = False
         self.on_fatal: Callable[[], None] | None = None  # asks the process to stop (set by operator_main)
         self._stopped = False
@@ -138,17 +144,16 @@ class Runtime:
         await self.conn.start()
         self._ready_reason = f"waiting for libvirt at {s.libvirt_uri}"
         await self.conn.wait_connected()
-        from libvirt_operator.handlers.node import quality_warnings, read_host_info
-
-        self.domain_type, self.emulator = await self.conn.call(
+        facts = self.facts
+        facts.domain_type, facts.emulator = await self.conn.call(
             "capabilities", lambda c: choose_domain_type(c, s.domain_type))
-        info = await self.conn.call("host info", lambda c: read_host_info(c, self.domain_type))
+        info = await self.conn.call("host info", lambda c: read_host_info(c, facts.domain_type))
         node_info = await self.conn.call("node info", lambda c: c.getInfo())
-        self.host_capacity = (int(node_info[1]), int(node_info[2]))  # MiB, CPUs
+        facts.capacity = (int(node_info[1]), int(node_info[2]))  # MiB, CPUs
         for warning in quality_warnings(info):
             logger.warning("host quality warning: %s", warning)
         logger.info("libvirt %s on %s (%s, %s): domain type %s", info.libvirt_version, s.node_name, info.arch,
-                    info.cpu_model, self.domain_type)
+                    info.cpu_model, facts.domain_type)
         await self.node.publish_capabilities(info)
         await asyncio.to_thread(self.storage.mark_node, s.node_name)
 
@@ -176,8 +181,6 @@ class Runtime:
 
     async def _acquire_lease(self) -> None:
         """One active operator per node: a second process (rolling update overlap, misconfiguration) waits."""
-        from libvirt_operator.kube.lease import LeaseConfig, NodeLease
-
         duration = self.settings.lease_duration
         config = LeaseConfig.for_node(self.settings.node_name, duration=duration, renew_every=duration / 3,
                                       retry_every=min(2.0, duration / 4))
@@ -255,8 +258,6 @@ class Runtime:
                 self.queue.add(key)
 
     def _on_libvirt_event(self, event: LifecycleEvent) -> None:
-        from libvirt_operator.api.status import event_name
-
         record = self.records.by_uid(event.uuid)
         owned = record is not None and record.node_name == self.settings.node_name
         self.metrics.events.labels(event_name(event.event), "yes" if owned else "no").inc()
@@ -297,8 +298,6 @@ class Runtime:
 
     async def full_sync(self) -> int:
         """One libvirt listing; queue only the VMs whose recorded state differs. Returns how many."""
-        from libvirt_operator.api.status import power_state
-
         states = await self.conn.call("list domain states", domains.list_states)
         drifted = 0
         for rec in self.records:
@@ -349,11 +348,6 @@ class Runtime:
             await self.kube.post_event(involved, type_=type_, reason=reason, message=message)
         except KubeError as exc:
             logger.info("could not post event %s: %s", reason, exc)
-
-    async def post_node_event(self, type_: str, reason: str, message: str) -> None:
-        node = {"apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": self.settings.node_name, "namespace": "default", "uid": self.settings.node_name}}
-        await self.post_event(node, type_, reason, message)
 
     def _collect(self) -> None:
         phases: Counter[str] = Counter()

@@ -14,15 +14,13 @@ import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from libvirt_operator.api.constants import MIGRATING_ANNOTATION
+from libvirt_operator.context import HostParts
 from libvirt_operator.hypervisor import domains
 from libvirt_operator.hypervisor.domain_xml import Owner, parse_owner
 from libvirt_operator.pipeline.records import VMRecord
-
-if TYPE_CHECKING:
-    from libvirt_operator.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +44,17 @@ def _all_owners(conn: Any) -> list[tuple[str, str, Owner | None]]:
 
 
 class HostReconciler:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(self, parts: HostParts) -> None:
+        self.parts = parts
 
     async def startup_scan(self, vms: Sequence[Mapping[str, Any]]) -> ScanResult:
-        node = self.rt.settings.node_name
+        node = self.parts.settings.node_name
         by_uid = {str(vm["metadata"].get("uid")): vm for vm in vms}
-        listing = await self.rt.conn.call("list domains", _all_owners)
+        listing = await self.parts.conn.call("list domains", _all_owners)
         counts: Counter[str] = Counter()
         decisions: list[tuple[str, str, str]] = []
-        shared = await asyncio.to_thread(self.rt.storage.is_shared, node, self.rt.settings.shared_storage)
-        semaphore = asyncio.Semaphore(max(self.rt.settings.workers, 1))
+        shared = await asyncio.to_thread(self.parts.storage.is_shared, node, self.parts.settings.shared_storage)
+        semaphore = asyncio.Semaphore(max(self.parts.settings.workers, 1))
 
         async def handle(uuid: str, name: str, owner: Owner | None) -> None:
             async with semaphore:
@@ -67,14 +65,14 @@ class HostReconciler:
                 vm = by_uid.get(owner.uid) if owner.uid == uuid else None
                 if vm is None:
                     counts["orphan"] += 1
-                    keep = not self.rt.settings.delete_orphan_disks
+                    keep = not self.parts.settings.delete_orphan_disks
                     action = f"destroy and undefine, {'keep' if keep else 'remove'} disks"
                     logger.warning("domain %s (VM %s/%s, uid %s): its VirtualMachine no longer exists: %s",
                                    name, owner.namespace, owner.name, owner.uid, action)
                     await self.destroy_owned(uuid, undefine=True)
                     if not keep:
-                        await asyncio.to_thread(self.rt.storage.remove_vm_dir, uuid)
-                    await self.rt.post_node_event("Warning", "OrphanDomainRemoved",
+                        await asyncio.to_thread(self.parts.storage.remove_vm_dir, uuid)
+                    await self._post_node_event("Warning", "OrphanDomainRemoved",
                                                   f"domain {name} belonged to VirtualMachine {owner.namespace}/"
                                                   f"{owner.name} which no longer exists: {action}")
                     decisions.append((name, "orphan", action))
@@ -94,7 +92,7 @@ class HostReconciler:
                                owner.name, vm_node, action)
                 await self.destroy_owned(uuid, undefine=True)
                 if not shared:
-                    await asyncio.to_thread(self.rt.storage.remove_vm_dir, uuid)
+                    await asyncio.to_thread(self.parts.storage.remove_vm_dir, uuid)
                 decisions.append((name, f"on {vm_node}", action))
 
         await asyncio.gather(*(handle(*item) for item in listing))
@@ -105,28 +103,34 @@ class HostReconciler:
 
     async def destroy_owned(self, uuid: str, *, undefine: bool) -> bool:
         """Destroy (and undefine) a domain only after proving from its metadata that it is ours."""
-        owner = await self.rt.conn.call("domain owner", lambda c: domains.owner_of(c, uuid))
-        if owner is None or owner.uid != uuid or owner.node != self.rt.settings.node_name:
+        owner = await self.parts.conn.call("domain owner", lambda c: domains.owner_of(c, uuid))
+        if owner is None or owner.uid != uuid or owner.node != self.parts.settings.node_name:
             logger.warning("domain %s is not owned by this operator: not touching it", uuid)
             return False
-        record = self.rt.records.by_uid(uuid)
+        record = self.parts.records.by_uid(uuid)
         if record is not None:
             record.expect("Shutdown", "Stopped", "Undefined")  # a destroy is reported as Shutdown, then Stopped
-        await self.rt.conn.call("destroy", lambda c: domains.destroy(c, uuid))
+        await self.parts.conn.call("destroy", lambda c: domains.destroy(c, uuid))
         if undefine:
-            await self.rt.conn.call("undefine", lambda c: domains.undefine(c, uuid))
+            await self.parts.conn.call("undefine", lambda c: domains.undefine(c, uuid))
         return True
 
     async def clean_moved_domain(self, rec: VMRecord) -> None:
         """A VM of ours got another nodeName while we run: same rule as at start-up."""
         if rec.body.get("metadata", {}).get("annotations", {}).get(MIGRATING_ANNOTATION) is not None:
             return
-        exists = await self.rt.conn.call("domain state", lambda c: domains.state_of(c, rec.uid))
+        exists = await self.parts.conn.call("domain state", lambda c: domains.state_of(c, rec.uid))
         if exists is None:
             return
-        shared = await asyncio.to_thread(self.rt.storage.is_shared, self.rt.settings.node_name,
-                                         self.rt.settings.shared_storage)
+        shared = await asyncio.to_thread(self.parts.storage.is_shared, self.parts.settings.node_name,
+                                         self.parts.settings.shared_storage)
         logger.warning("%s/%s moved to node %s: removing its domain here (%s)", *rec.key, rec.node_name,
                        "disks kept: shared storage" if shared else "disks removed")
         if await self.destroy_owned(rec.uid, undefine=True) and not shared:
-            await asyncio.to_thread(self.rt.storage.remove_vm_dir, rec.uid)
+            await asyncio.to_thread(self.parts.storage.remove_vm_dir, rec.uid)
+
+    async def _post_node_event(self, type_: str, reason: str, message: str) -> None:
+        node = {"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": self.parts.settings.node_name, "namespace": "default",
+                             "uid": self.parts.settings.node_name}}
+        await self.parts.post_event(node, type_, reason, message)

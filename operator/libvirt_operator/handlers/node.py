@@ -13,7 +13,7 @@ import asyncio
 import logging
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import libvirt
 
@@ -25,10 +25,8 @@ from libvirt_operator.api.constants import (
 )
 from libvirt_operator.api.status import now_iso
 from libvirt_operator.hypervisor.connection import MIN_LIBVIRT_VERSION, HypervisorError
-from libvirt_operator.kube.client import KubeError
-
-if TYPE_CHECKING:
-    from libvirt_operator.runtime import Runtime
+from libvirt_operator.kube.client import KubeClient, KubeError
+from libvirt_operator.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +98,9 @@ def _label_value(value: str) -> str:
 
 
 class NodeReporter:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(self, settings: Settings, kube: KubeClient) -> None:
+        self.settings = settings
+        self.kube = kube
         self._wanted: tuple[bool, str] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -134,10 +133,10 @@ class NodeReporter:
             f"{GROUP}/hypervisor-version": info.hypervisor_version,
         }
         try:
-            await self.rt.kube.patch_node(self.rt.settings.node_name,
+            await self.kube.patch_node(self.settings.node_name,
                                           {"metadata": {"labels": labels, "annotations": annotations}})
         except KubeError as exc:
-            logger.warning("could not publish host capabilities on node %s: %s", self.rt.settings.node_name, exc)
+            logger.warning("could not publish host capabilities on node %s: %s", self.settings.node_name, exc)
 
     async def _run(self) -> None:
         delay = 0.2
@@ -152,16 +151,16 @@ class NodeReporter:
                 self.applied = wanted
                 delay = 0.2
             except KubeError as exc:
-                logger.warning("could not update node %s (%s); retrying in %.1fs", self.rt.settings.node_name,
+                logger.warning("could not update node %s (%s); retrying in %.1fs", self.settings.node_name,
                                exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
                 self._wake.set()
 
     async def _apply(self, connected: bool, reason: str) -> None:
-        node_name = self.rt.settings.node_name
+        node_name = self.settings.node_name
         try:
-            node = await self.rt.kube.get_node(node_name)
+            node = await self.kube.get_node(node_name)
         except KubeError as exc:
             if exc.not_found:
                 logger.warning("node %s does not exist: cannot mark its readiness", node_name)
@@ -184,18 +183,18 @@ class NodeReporter:
                 meta_patch = {"labels": {NODE_SCHEDULABLE_LABEL: "false"},
                               "annotations": {NODE_LABEL_OWNER_ANNOTATION: OWNER_VALUE}}
         if meta_patch:
-            await self.rt.kube.patch_node(node_name, {"metadata": meta_patch})
+            await self.kube.patch_node(node_name, {"metadata": meta_patch})
         condition = {
             "type": NODE_CONDITION_TYPE,
             "status": "True" if connected else "False",
             "reason": "LibvirtConnected" if connected else "LibvirtUnreachable",
-            "message": (f"libvirt at {self.rt.settings.libvirt_uri} answers" if connected
-                        else f"libvirt at {self.rt.settings.libvirt_uri}: {reason}"),
+            "message": (f"libvirt at {self.settings.libvirt_uri} answers" if connected
+                        else f"libvirt at {self.settings.libvirt_uri}: {reason}"),
             "lastHeartbeatTime": now_iso(),
             "lastTransitionTime": now_iso(),
         }
         for existing in (node.get("status") or {}).get("conditions") or []:
             if existing.get("type") == NODE_CONDITION_TYPE and existing.get("status") == condition["status"]:
                 condition["lastTransitionTime"] = existing.get("lastTransitionTime") or condition["lastTransitionTime"]
-        await self.rt.kube.patch_node_status(node_name, {"status": {"conditions": [condition]}})
+        await self.kube.patch_node_status(node_name, {"status": {"conditions": [condition]}})
         logger.info("node %s: %s=%s", node_name, NODE_CONDITION_TYPE, condition["status"])

@@ -1,7 +1,8 @@
 """kopf wiring: which kopf handlers exist and what each one does.
 
 - ``on.login``: the credentials of the given kubeconfig (or in-cluster), via the kubernetes client;
-- ``on.startup``: the start-up reconciliation (libvirt, domain scan, resume pass) -- see runtime.py;
+- ``on.startup``: the start-up reconciliation (libvirt, domain scan, resume pass) -- see runtime.py, which
+  kopf's memo carries as ``runtime`` (an ``OperatorRuntime``: this module never imports runtime.py);
 - ``on.event`` for VirtualMachines: feeds the reconciler's cache and queue. The initial listing of the
   watch arrives here too (type None), which is how VMs are resumed after a restart;
 - ``on.cleanup``: lets in-flight operations finish, then closes libvirt.
@@ -21,7 +22,7 @@ import kopf
 import kubernetes
 
 from libvirt_operator.api.constants import GROUP, PLURAL, VERSION
-from libvirt_operator.runtime import Runtime
+from libvirt_operator.context import OperatorRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -64,18 +65,18 @@ def build_registry(kubeconfig: str | None) -> kopf.OperatorRegistry:
         settings.watching.connect_timeout = 10
         settings.watching.reconnect_backoff = 0.5
         settings.networking.request_timeout = 30
-        runtime: Runtime = memo["runtime"]
+        runtime: OperatorRuntime = memo["runtime"]
         await runtime.start()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def vm_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         # async on purpose: kopf runs sync handlers in a thread pool; the cache and queue are loop-only.
-        runtime: Runtime = memo["runtime"]
+        runtime: OperatorRuntime = memo["runtime"]
         runtime.observe(type, _plain(body))
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-        runtime: Runtime = memo["runtime"]
+        runtime: OperatorRuntime = memo["runtime"]
         await runtime.stop()
 
     return registry

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import libvirt
 
@@ -31,6 +31,7 @@ from libvirt_operator.api.status import (
     set_condition,
     state_reason,
 )
+from libvirt_operator.context import VMParts
 from libvirt_operator.hypervisor import domains, hardware
 from libvirt_operator.hypervisor.bridges import bridge_problem, read_bridge
 from libvirt_operator.hypervisor.connection import HypervisorError, HypervisorUnavailable, Retry, start_retry
@@ -39,9 +40,6 @@ from libvirt_operator.hypervisor.storage import StorageError
 from libvirt_operator.kube.client import KubeError
 from libvirt_operator.pipeline.policy import Action, Decision, Observed, decide, phase_for
 from libvirt_operator.pipeline.records import Key, VMRecord
-
-if TYPE_CHECKING:
-    from libvirt_operator.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -75,16 +73,16 @@ def start_failure_message(detail: str, field: str | None, node: str) -> str:
 
 
 class Reconciler:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
-        s = runtime.settings
+    def __init__(self, parts: VMParts) -> None:
+        self.parts = parts
+        s = parts.settings
         self.limits = Limits(max_vcpus=s.max_vcpus, max_memory_mib=s.max_memory_mib, max_disks=s.max_disks,
                              max_interfaces=s.max_interfaces)
 
     # --- entry point -----------------------------------------------------------------------------
 
     async def reconcile(self, key: Key) -> float | None:
-        rec = self.rt.records.get(key)
+        rec = self.parts.records.get(key)
         if rec is None:
             return None
         first_pass = not rec.seen_by_this_process
@@ -92,17 +90,17 @@ class Reconciler:
             return await self._reconcile(rec, first_pass)
         finally:
             rec.seen_by_this_process = True
-            self.rt.first_pass_done(key)
+            self.parts.first_pass_done(key)
 
     async def _reconcile(self, rec: VMRecord, first_pass: bool) -> float | None:
-        node = self.rt.settings.node_name
+        node = self.parts.settings.node_name
         rec.acting_on = None
         if rec.node_name != node:
             if rec.uid:
-                await self.rt.host.clean_moved_domain(rec)
+                await self.parts.host.clean_moved_domain(rec)
             return None
 
-        if not self.rt.conn.connected:
+        if not self.parts.conn.connected:
             await self._write_status(rec, self._disconnected_status(rec))
             return None  # the reconnection requeues every VM
 
@@ -113,7 +111,7 @@ class Reconciler:
             return None
 
         if FINALIZER not in (meta.get("finalizers") or []):
-            rec.body = await self.rt.kube.add_finalizer(rec.body, FINALIZER)
+            rec.body = await self.parts.kube.add_finalizer(rec.body, FINALIZER)
         # One body for the whole pass: a spec change landing while it awaits libvirt or the API is not
         # recorded as observed by this pass; it makes the next pass act (its watch event requeues the key).
         rec.acting_on = rec.body
@@ -127,9 +125,9 @@ class Reconciler:
             return None
 
         # The domain first: whatever fails below, the status names a domain only while one exists.
-        dom = await self.rt.conn.call("domain state", lambda c: domains.state_of(c, rec.uid))
+        dom = await self.parts.conn.call("domain state", lambda c: domains.state_of(c, rec.uid))
         if dom is not None and not rec.owner_verified:
-            owner = await self.rt.conn.call("domain owner", lambda c: domains.owner_of(c, rec.uid))
+            owner = await self.parts.conn.call("domain owner", lambda c: domains.owner_of(c, rec.uid))
             if owner is None or owner.uid != rec.uid or owner.node != node:
                 await self._fail(rec, "DomainConflict", f"a libvirt domain with UUID {rec.uid} ({dom.name}) exists "
                                  "on this node and is not owned by this operator: it is left alone", None)
@@ -153,7 +151,7 @@ class Reconciler:
         started: dict[str, Any] = {}
         if dom is None:
             if status.get("domainName") and status.get("phase") not in (None, Phase.PENDING.value):
-                await self.rt.post_event(rec.body, "Warning", "DomainRedefined",
+                await self.parts.post_event(rec.body, "Warning", "DomainRedefined",
                                          f"domain {status.get('domainName')} was missing on node {node}; "
                                          "defining it again from the spec")
             try:
@@ -185,7 +183,7 @@ class Reconciler:
         if first_pass and dom.active and get_condition(status.get("conditions"), "RestartRequired") is not None:
             # The condition outlives this process only in the status: check it against libvirt itself.
             if await self._pending_restart(rec):
-                self.rt.restart_required[rec.uid] = True
+                self.parts.restart_required[rec.uid] = True
 
         return await self._converge_power(rec, spec, dom, first_start=first_start, first_pass=first_pass,
                                           started=started)
@@ -195,13 +193,13 @@ class Reconciler:
             live = domains.xml_of(c, rec.uid)
             persistent = domains.xml_of(c, rec.uid, flags=libvirt.VIR_DOMAIN_XML_INACTIVE)
             return live is not None and persistent is not None and hardware.pending_restart(live, persistent)
-        return bool(await self.rt.conn.call("domain XML", read))
+        return bool(await self.parts.conn.call("domain XML", read))
 
     async def _act(self, rec: VMRecord, what: str, fn: Any, *expected: str) -> Any:
         """A libvirt action whose own events are absorbed: expected from before the call (they may arrive
         while it runs) until EXPECT_WINDOW after it returned (a start may take long on a busy host)."""
         rec.expect(*expected)
-        result = await self.rt.conn.call(what, fn)
+        result = await self.parts.conn.call(what, fn)
         rec.expect(*expected)
         return result
 
@@ -221,7 +219,7 @@ class Reconciler:
             return await self._continue_stop(rec, spec, dom)
 
         stopped = not dom.active
-        delay = self.rt.settings.stopped_event_delay
+        delay = self.parts.settings.stopped_event_delay
         if stopped and believed_running and not first_pass and not first_start and delay > 0:
             # Seen shut off before its STOPPED event arrived: give the event the same hold as if it had.
             now = time.monotonic()
@@ -238,7 +236,7 @@ class Reconciler:
                     and spec.run_strategy != "Halted")
         if resuming:
             # nova's resume_guests_state_on_host_boot: the status says it ran, libvirt says it is off.
-            if not self.rt.settings.resume_guests_on_host_boot:
+            if not self.parts.settings.resume_guests_on_host_boot:
                 logger.info("%s/%s: shut off at start-up, resumeGuestsOnHostBoot is off: left stopped", *rec.key)
                 note = {"reason": "NotResumedOnHostBoot",
                         "message": "found shut off at operator start-up; resumeGuestsOnHostBoot is off"}
@@ -246,7 +244,7 @@ class Reconciler:
                 return None
             logger.info("%s/%s: %s (%s) but status said %s: starting it again (resume on host boot)",
                         *rec.key, observed.power.value, observed.reason, status.get("phase"))
-            await self.rt.post_event(rec.body, "Normal", "ResumedOnHostBoot",
+            await self.parts.post_event(rec.body, "Normal", "ResumedOnHostBoot",
                                      "the guest should run but its domain was shut off at operator start-up")
             decision = Decision(Action.START, "resume on host boot")
         elif decision.action == Action.START and not first_start and not spec_changed \
@@ -286,7 +284,7 @@ class Reconciler:
         if error is not None:  # libvirt would start it without a link, or fail with an unclear message
             await self._fail(rec, "StartFailed", str(error), dom)
             return None
-        self.rt.restart_required.pop(rec.uid, None)
+        self.parts.restart_required.pop(rec.uid, None)
         try:
             state = await self._act(rec, "start", lambda c: domains.start(c, rec.uid, paused=spec.paused),
                                     *_start_events(spec))
@@ -298,9 +296,9 @@ class Reconciler:
         extra = self._start_fields()
         if restart:
             extra["restarts"] = int(rec.status.get("restarts") or 0) + 1
-            await self.rt.post_event(rec.body, "Normal", "RestartedByPolicy",
+            await self.parts.post_event(rec.body, "Normal", "RestartedByPolicy",
                                      f"guest restarted by runStrategy {spec.run_strategy}")
-            self.rt.metrics.restarts.inc()
+            self.parts.metrics.restarts.inc()
         return state, extra
 
     @staticmethod
@@ -319,7 +317,7 @@ class Reconciler:
         if start_retry(exc.code, exc.domain, exc.errno) == Retry.PERMANENT:
             field = field_named_by(exc.detail, spec, self._disk_files(rec, spec))
             await self._fail(rec, "StartFailed", start_failure_message(exc.detail, field,
-                                                                         self.rt.settings.node_name), dom)
+                                                                         self.parts.settings.node_name), dom)
             return
         await self._write_status(rec, {"phase": Phase.STARTING.value, "reason": "StartFailed",
                                        "message": str(exc), **_domain_fields(dom)})
@@ -327,13 +325,13 @@ class Reconciler:
 
     def _disk_files(self, rec: VMRecord, spec: VMSpec) -> dict[str, list[str]]:
         """Each disk's own file, then its image's: the names libvirt quotes when a disk is the problem."""
-        storage = self.rt.storage
+        storage = self.parts.storage
         return {d.name: [str(storage.disk_path(rec.uid, d.name))]
                 + ([str(storage.image_dir / d.image)] if d.image else []) for d in spec.disks}
 
     async def _begin_stop(self, rec: VMRecord, spec: VMSpec | None, dom: domains.DomainState,
                           *, reason: str) -> float | None:
-        rec.stop_deadline = time.monotonic() + self.rt.settings.shutdown_timeout
+        rec.stop_deadline = time.monotonic() + self.parts.settings.shutdown_timeout
         await self._act(rec, "shutdown", lambda c: domains.shutdown(c, rec.uid), "Shutdown", "Stopped")
         if spec is not None:
             user_asked = self._generation_moved(rec)
@@ -341,7 +339,7 @@ class Reconciler:
             await self._write_status(rec, self._observed_status(
                 rec, spec, dom, extra={"phase": Phase.STOPPING.value, "reason": reason}))
             if not user_asked:
-                await self.rt.post_event(rec.body, "Normal", reason,
+                await self.parts.post_event(rec.body, "Normal", reason,
                                          f"guest stopped again: runStrategy is {spec.run_strategy}")
         return STOP_POLL
 
@@ -354,7 +352,7 @@ class Reconciler:
             if time.monotonic() < deadline:
                 return min(STOP_POLL, max(deadline - time.monotonic(), 0.05))
             logger.info("%s/%s: guest did not shut down within %.0fs: destroying", *rec.key,
-                        self.rt.settings.shutdown_timeout)
+                        self.parts.settings.shutdown_timeout)
             # A destroy is reported as a Shutdown notice (detail host) and then Stopped.
             dom = await self._act(rec, "destroy", lambda c: domains.destroy(c, rec.uid), "Shutdown", "Stopped")
             how = "Destroyed"
@@ -372,10 +370,10 @@ class Reconciler:
         try:
             # No domainName yet: the status names a domain only once it exists.
             await self._write_status(rec, {
-                "phase": Phase.PROVISIONING.value, "nodeName": self.rt.settings.node_name,
+                "phase": Phase.PROVISIONING.value, "nodeName": self.parts.settings.node_name,
                 "reason": "Provisioning", "message": "",
                 "observedGeneration": self._acting_generation(rec),
-                "disks": [{"name": d.name, "path": str(self.rt.storage.disk_path(rec.uid, d.name))}
+                "disks": [{"name": d.name, "path": str(self.parts.storage.disk_path(rec.uid, d.name))}
                           for d in spec.disks],
             })
             xml, _paths = await self._build_xml(rec, spec)
@@ -385,7 +383,7 @@ class Reconciler:
                 return domains.Created(state, started=False)
             logger.info("%s/%s: new domain, runStrategy %s: defining and starting it%s", *rec.key,
                         spec.run_strategy, " paused" if spec.paused else "")
-            self.rt.restart_required.pop(rec.uid, None)
+            self.parts.restart_required.pop(rec.uid, None)
             made: domains.Created = await self._act(
                 rec, "define and start", lambda c: domains.define_and_start(c, xml, paused=spec.paused),
                 "Defined", *_start_events(spec))
@@ -403,14 +401,14 @@ class Reconciler:
     async def _build_xml(self, rec: VMRecord, spec: VMSpec) -> tuple[str, dict[str, Any]]:
         meta = rec.body["metadata"]
         await self._check_networks(spec)
-        storage = self.rt.storage
-        owner = Owner(namespace=meta["namespace"], name=meta["name"], uid=rec.uid, node=self.rt.settings.node_name)
+        storage = self.parts.storage
+        owner = Owner(namespace=meta["namespace"], name=meta["name"], uid=rec.uid, node=self.parts.settings.node_name)
 
         def build() -> tuple[str, dict[str, Any]]:  # off the loop: disk creation and path resolution
             paths = storage.prepare_disks(rec.uid, spec)
-            xml = build_domain_xml(owner=owner, spec=spec, domain_type=self.rt.domain_type, disk_paths=paths,
+            xml = build_domain_xml(owner=owner, spec=spec, domain_type=self.parts.facts.domain_type, disk_paths=paths,
                                    allowed_dirs=[storage.image_dir, storage.storage_dir],
-                                   emulator=self.rt.emulator)
+                                   emulator=self.parts.facts.emulator)
             return xml, paths
         return await asyncio.to_thread(build)
 
@@ -418,10 +416,10 @@ class Reconciler:
         for index, iface in enumerate(spec.interfaces):
             if iface.network is not None:
                 name = iface.network
-                exists = await self.rt.conn.call("network lookup", _network_probe(name))
+                exists = await self.parts.conn.call("network lookup", _network_probe(name))
                 if not exists:
                     raise SpecError(f"spec.interfaces[{index}].network",
-                                    f"libvirt network {name!r} does not exist on node {self.rt.settings.node_name}")
+                                    f"libvirt network {name!r} does not exist on node {self.parts.settings.node_name}")
         error = self._bridge_error(spec)
         if error is not None:
             raise error
@@ -434,22 +432,22 @@ class Reconciler:
             problem = bridge_problem(read_bridge(iface.bridge))
             if problem is not None:
                 return SpecError(f"spec.interfaces[{index}].bridge",
-                                 f"bridge {iface.bridge!r} {problem} on node {self.rt.settings.node_name}")
+                                 f"bridge {iface.bridge!r} {problem} on node {self.parts.settings.node_name}")
         return None
 
     def _check_host_capacity(self, spec: VMSpec) -> None:
         """What only the node can judge: more memory or vCPUs than this host has."""
-        memory_mib, cpus = self.rt.host_capacity
+        memory_mib, cpus = self.parts.facts.capacity
         if memory_mib and spec.memory_bytes > memory_mib * 2**20:
             raise SpecError("spec.memory", f"{spec.memory_bytes // 2**20} MiB is more than node "
-                            f"{self.rt.settings.node_name} has ({memory_mib} MiB)")
+                            f"{self.parts.settings.node_name} has ({memory_mib} MiB)")
         if cpus and spec.cores > cpus:
             raise SpecError("spec.cpu.cores", f"{spec.cores} cores is more than node "
-                            f"{self.rt.settings.node_name} has ({cpus} CPUs)")
+                            f"{self.parts.settings.node_name} has ({cpus} CPUs)")
 
     async def _redefine_if_changed(self, rec: VMRecord, spec: VMSpec, dom: domains.DomainState) -> bool:
         """False when the new spec is refused (the VM is then Failed, its domain untouched)."""
-        current = await self.rt.conn.call(
+        current = await self.parts.conn.call(
             "domain XML", lambda c: domains.xml_of(c, rec.uid, flags=libvirt.VIR_DOMAIN_XML_INACTIVE))
         if current is None:
             return True
@@ -462,7 +460,7 @@ class Reconciler:
             logger.info("%s/%s: hardware changed: redefining the domain", *rec.key)
             state = await self._act(rec, "define", lambda c: domains.define(c, xml), "Defined")
             if state.active:
-                self.rt.restart_required[rec.uid] = True
+                self.parts.restart_required[rec.uid] = True
         return True
 
     async def _interrupted_provisioning(self, rec: VMRecord, domain_exists: bool) -> None:
@@ -470,8 +468,8 @@ class Reconciler:
         logger.warning("%s/%s: provisioning was interrupted (domain %s): cleaning up, phase Failed",
                        *rec.key, "defined" if domain_exists else "not defined")
         if domain_exists:
-            await self.rt.host.destroy_owned(rec.uid, undefine=True)
-        await asyncio.to_thread(self.rt.storage.remove_vm_dir, rec.uid)
+            await self.parts.host.destroy_owned(rec.uid, undefine=True)
+        await asyncio.to_thread(self.parts.storage.remove_vm_dir, rec.uid)
         message = ("provisioning was interrupted (the operator stopped mid-spawn); half-made disks and "
                    f"domain were removed. Set the annotation {RETRY_ANNOTATION} or change the spec to retry")
         await self._fail(rec, "ProvisioningInterrupted", message, None)
@@ -482,10 +480,10 @@ class Reconciler:
         if rec.status.get("phase") != Phase.TERMINATING.value:
             await self._write_status(rec, {"phase": Phase.TERMINATING.value, "reason": "Deleting",
                                            "message": "the VirtualMachine is being deleted"})
-        dom = await self.rt.conn.call("domain state", lambda c: domains.state_of(c, rec.uid))
+        dom = await self.parts.conn.call("domain state", lambda c: domains.state_of(c, rec.uid))
         if dom is not None:
-            owner = await self.rt.conn.call("domain owner", lambda c: domains.owner_of(c, rec.uid))
-            if owner is None or owner.uid != rec.uid or owner.node != self.rt.settings.node_name:
+            owner = await self.parts.conn.call("domain owner", lambda c: domains.owner_of(c, rec.uid))
+            if owner is None or owner.uid != rec.uid or owner.node != self.parts.settings.node_name:
                 logger.warning("%s/%s: domain %s is not ours: leaving it alone", *rec.key, rec.uid)
             else:
                 if dom.active:
@@ -495,14 +493,14 @@ class Reconciler:
                     if delay is not None:
                         return delay
                 await self._act(rec, "undefine", lambda c: domains.undefine(c, rec.uid), "Undefined", "Stopped")
-        await asyncio.to_thread(self.rt.storage.remove_vm_dir, rec.uid)
+        await asyncio.to_thread(self.parts.storage.remove_vm_dir, rec.uid)
         rec.stop_deadline = None
-        result = await self.rt.kube.remove_finalizer(rec.body, FINALIZER)
+        result = await self.parts.kube.remove_finalizer(rec.body, FINALIZER)
         logger.info("%s/%s: deleted: domain undefined, disks removed, finalizer released", *rec.key)
         if result is None:
-            self.rt.records.remove(rec.key)
+            self.parts.records.remove(rec.key)
         else:
-            self.rt.records.upsert(result)
+            self.parts.records.upsert(result)
         return None
 
     # --- events ------------------------------------------------------------------------------------------
@@ -522,10 +520,10 @@ class Reconciler:
                 if etype == "Stopped" and rec.held_stop is not None and rec.held_stop.received <= ev.received:
                     rec.held_stop, rec.hold_until = None, 0.0  # the notice that came before our own stop
                 continue  # caused by our own action, already reflected in the status we wrote
-            if etype in ("Shutdown", "Stopped") and self.rt.settings.stopped_event_delay > 0:
+            if etype in ("Shutdown", "Stopped") and self.parts.settings.stopped_event_delay > 0:
                 # A stop episode (QEMU's SHUTDOWN notice, then STOPPED) is held back as one: a STARTED
                 # within the delay makes it a reboot. The STOPPED, when it comes, is what gets reported.
-                delay = self.rt.settings.stopped_event_delay
+                delay = self.parts.settings.stopped_event_delay
                 if etype == "Stopped":
                     rec.held_stop, rec.hold_until = ev, ev.received + delay
                 elif rec.held_stop is None:
@@ -536,7 +534,7 @@ class Reconciler:
                 continue  # a late shutdown notice after the STOPPED it belongs to
             if etype == "Started" and rec.held_stop is not None:
                 logger.info("%s/%s: STOPPED then STARTED within %.1fs: treated as a reboot", *rec.key,
-                            self.rt.settings.stopped_event_delay)
+                            self.parts.settings.stopped_event_delay)
                 rec.held_stop = None
                 rec.hold_until = 0.0
             self._note_event(rec, ev, etype, detail)
@@ -551,7 +549,7 @@ class Reconciler:
         rec.last_event = {"type": etype, "detail": detail, "time": event_time(ev.wall_time)}
         notable = NOTABLE.get((etype, detail))
         if notable is not None:
-            self.rt.spawn(self.rt.post_event(rec.body, notable[0], notable[1],
+            self.parts.spawn(self.parts.post_event(rec.body, notable[0], notable[1],
                                              f"libvirt reported {etype} ({detail}) for domain "
                                              f"{rec.status.get('domainName', rec.uid)}"))
 
@@ -578,7 +576,7 @@ class Reconciler:
             "powerState": power.value,
             "reason": reason_name or power.value,
             "message": "",
-            "nodeName": self.rt.settings.node_name,
+            "nodeName": self.parts.settings.node_name,
             "domainName": dom.name,
             "domainUUID": dom.uuid,
             "observedGeneration": self._acting_generation(rec),
@@ -595,8 +593,8 @@ class Reconciler:
                                    "Running" if ready else status["reason"] or status["phase"],
                                    "the guest is running" if ready else f"the guest is {status['phase'].lower()}")
         conditions = set_condition(conditions, "HypervisorConnected", "True", "Connected",
-                                   f"libvirt at {self.rt.settings.libvirt_uri} answers")
-        restart_required = self.rt.restart_required.get(rec.uid, False) and dom.active
+                                   f"libvirt at {self.parts.settings.libvirt_uri} answers")
+        restart_required = self.parts.restart_required.get(rec.uid, False) and dom.active
         if restart_required:
             conditions = set_condition(conditions, "RestartRequired", "True", "HardwareChanged",
                                        "the domain was redefined; changes apply at the next restart")
@@ -608,7 +606,7 @@ class Reconciler:
     def _disconnected_status(self, rec: VMRecord) -> dict[str, Any]:
         conditions = set_condition(rec.status.get("conditions") or [], "HypervisorConnected", "False",
                                    "LibvirtUnreachable",
-                                   f"libvirt at {self.rt.settings.libvirt_uri}: {self.rt.conn.last_error}")
+                                   f"libvirt at {self.parts.settings.libvirt_uri}: {self.parts.conn.last_error}")
         return {"conditions": conditions}
 
     async def _fail(self, rec: VMRecord, reason: str, message: str, dom: domains.DomainState | None) -> None:
@@ -618,10 +616,10 @@ class Reconciler:
         conditions = set_condition(rec.status.get("conditions") or [], "Ready", "False", reason, message)
         status = {"phase": Phase.FAILED.value, "reason": reason, "message": message,
                   "observedGeneration": self._acting_generation(rec),
-                  "nodeName": self.rt.settings.node_name, "conditions": conditions,
+                  "nodeName": self.parts.settings.node_name, "conditions": conditions,
                   "observedRetry": self._retry_token(rec), **_domain_fields(dom)}
         if rec.status.get("phase") != Phase.FAILED.value or rec.status.get("message") != message:
-            await self.rt.post_event(rec.body, "Warning", reason, message)
+            await self.parts.post_event(rec.body, "Warning", reason, message)
         await self._write_status(rec, status)
 
     async def _write_status(self, rec: VMRecord, wanted: Mapping[str, Any]) -> None:
@@ -636,15 +634,15 @@ class Reconciler:
             return
         meta = rec.body["metadata"]
         try:
-            result = await self.rt.kube.patch_vm_status(meta["namespace"], meta["name"], patch)
+            result = await self.parts.kube.patch_vm_status(meta["namespace"], meta["name"], patch)
         except KubeError as exc:
             if exc.not_found:
                 return
             raise  # the event stays in rec.last_event: the retry writes it (the API may have been down)
         self._event_written(rec, wanted)
-        self.rt.records.upsert(result)
+        self.parts.records.upsert(result)
         if rec.event_latency_start is not None:
-            self.rt.metrics.event_lag.observe(time.monotonic() - rec.event_latency_start)
+            self.parts.metrics.event_lag.observe(time.monotonic() - rec.event_latency_start)
             rec.event_latency_start = None
 
     @staticmethod

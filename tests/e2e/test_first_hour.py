@@ -40,6 +40,13 @@ def test_an_operator_on_nodes_without_a_kubelet_logs_no_warning_for_a_minute(
     # A Node without a kubelet has no or a partial status.nodeInfo: the client's models refuse the answer
     # to each patch of such a Node (the patch lands), which was logged and retried every 10 s.
     nodes = {f"{node_name}-bare": None, f"{node_name}-partial": PARTIAL_NODE_INFO}
+    try:
+        _watch_nodes_without_a_kubelet(cluster, make_operator, nodes)
+    finally:  # the real control plane outlives the test
+        cluster.kubectl("delete", "node", *nodes, "--ignore-not-found")
+
+
+def _watch_nodes_without_a_kubelet(cluster: Cluster, make_operator: Any, nodes: dict[str, Any]) -> None:
     for name, info in nodes.items():
         node: dict[str, Any] = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}
         if info is not None:

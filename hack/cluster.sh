@@ -39,6 +39,7 @@ READY_TIMEOUT_S="${LVO_CLUSTER_TIMEOUT:-120}"
 CACHE_ROOT="${LVO_CACHE_DIR:-/var/cache/libvirt-operator}"
 BIN="$CACHE_ROOT/k8s-$KUBE_VERSION-$(cat "$GO_MOD_DIR/go.mod" "$GO_MOD_DIR/go.sum" "$GO_MOD_DIR/etcd/main.go" | sha256sum | cut -c1-12)/bin"
 NODE_NAME="${LVO_NODE_NAME:-lvo-node}"
+KUBELET_PORT="${LVO_KUBELET_PORT:-10250}"  # a second cluster on one machine needs other kubelet ports
 WITH_NODE="${LVO_CLUSTER_NODE:-1}"
 # containerd's runtime directory is per state directory: `down` of one cluster never touches another's node.
 CONTAINERD_RUN="/run/lvo-containerd-$(echo "$STATE" | sha256sum | cut -c1-8)"
@@ -320,8 +321,10 @@ start_kubelet() {
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: 127.0.0.1
+port: $KUBELET_PORT
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
+healthzPort: $((KUBELET_PORT - 2))
 tlsCertFile: $PKI/kubelet-serving-$NODE_NAME.crt
 tlsPrivateKeyFile: $PKI/kubelet-serving-$NODE_NAME.key
 authentication:

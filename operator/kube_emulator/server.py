@@ -15,7 +15,6 @@ import logging
 import os
 import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -24,6 +23,7 @@ import yaml
 from aiohttp import web
 
 from kube_emulator import discovery, errors, persistence
+from kube_emulator.faults import Fault, take_fault
 from kube_emulator.handlers import ResourceHandler, error_response, json_response, parse_target, verb_of
 from kube_emulator.objects import Objects, WriteOptions, install_crd
 from kube_emulator.resources import CRD_KEY, NAMESPACES_KEY, Registry
@@ -34,17 +34,6 @@ JSON = dict[str, Any]
 CONTEXT_NAME = "libvirt-operator-dev"
 BUILTIN_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 MAX_BODY = 3 * 1024 * 1024  # kube-apiserver's request size limit
-
-
-@dataclass
-class _Fault:
-    status: int
-    verb: str | None
-    resource: str | None
-    remaining: int
-
-    def matches(self, verb: str, resource: str) -> bool:
-        return (self.verb is None or self.verb == verb) and (self.resource is None or self.resource == resource)
 
 
 def load_manifests(paths: Iterable[Path]) -> list[JSON]:
@@ -73,7 +62,7 @@ class KubeEmulator:
         self._objects = Objects(self.store, self.registry)
         self._handler = ResourceHandler(self._objects, self.registry, bookmark_interval)
         self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
-        self._faults: list[_Fault] = []
+        self._faults: list[Fault] = []
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._seeded = False
@@ -213,16 +202,11 @@ class KubeEmulator:
     def inject_fault(self, *, status: int, verb: str | None = None, resource: str | None = None,
                      count: int = 1) -> None:
         """The next `count` requests matching verb/resource (None: any) fail with this HTTP status."""
-        self._faults.append(_Fault(status, verb, resource, count))
+        self._faults.append(Fault(status, verb, resource, count))
 
     def _take_fault(self, verb: str, resource: str) -> errors.ApiError | None:
-        for fault in self._faults:
-            if fault.remaining > 0 and fault.matches(verb, resource):
-                fault.remaining -= 1
-                if fault.remaining == 0:
-                    self._faults.remove(fault)
-                return errors.injected(fault.status, verb, resource)
-        return None
+        fault = take_fault(self._faults, verb, resource)
+        return None if fault is None else errors.injected(fault.status, verb, resource)
 
     # --- HTTP ---
 

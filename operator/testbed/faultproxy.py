@@ -21,12 +21,12 @@ import json
 import ssl
 import threading
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
 
+from kube_emulator.faults import Fault, take_fault
 from testbed.requests_path import classify
 
 T = TypeVar("T")
@@ -34,17 +34,6 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
               "transfer-encoding", "upgrade", "host", "content-length"}
 REASONS = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 409: "Conflict", 410: "Expired",
            429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}
-
-
-@dataclass
-class Fault:
-    status: int
-    verb: str | None
-    resource: str | None
-    remaining: int
-
-    def matches(self, verb: str, resource: str) -> bool:
-        return (self.verb is None or self.verb == verb) and (self.resource is None or self.resource == resource)
 
 
 def status_body(code: int, verb: str, resource: str) -> dict[str, Any]:
@@ -118,11 +107,7 @@ class FaultProxy:
 
     def _take_fault(self, verb: str, resource: str) -> Fault | None:
         with self._lock:
-            for fault in self._faults:
-                if fault.remaining > 0 and fault.matches(verb, resource):
-                    fault.remaining -= 1
-                    return fault
-        return None
+            return take_fault(self._faults, verb, resource)
 
     def freeze(self) -> None:
         self.loop.call_soon_threadsafe(self._open.clear)

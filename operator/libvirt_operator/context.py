@@ -27,6 +27,12 @@ class EventPoster(Protocol):
                  message: str) -> Coroutine[Any, Any, None]: ...
 
 
+class VMFetcher(Protocol):
+    """GETs one VirtualMachine: its body, or None when it does not exist (other API errors raise KubeError)."""
+
+    def __call__(self, namespace: str, name: str) -> Coroutine[Any, Any, dict[str, Any] | None]: ...
+
+
 class DomainCleaner(Protocol):
     """What VM reconciliation needs of the host-level reconciler (handlers/host.py)."""
 
@@ -43,6 +49,11 @@ class OperatorRuntime(Protocol):
     async def stop(self, grace: float = 30.0) -> None: ...
 
     def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None: ...
+
+    @property
+    def watch_selector(self) -> str | None:
+        """The VM watch's field selector once start() is done (None: the API server refused it)."""
+        ...
 
 
 @dataclass
@@ -63,6 +74,9 @@ class HostParts:
     storage: Storage
     records: RecordStore
     post_event: EventPoster
+    # The start-up scan asks the API about an owned domain whose VM is not in this node's listing: moved
+    # to another node (the VM exists) or orphaned (it does not).
+    get_vm: VMFetcher
 
 
 @dataclass(frozen=True)

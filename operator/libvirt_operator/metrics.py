@@ -53,6 +53,11 @@ class Metrics:
                                      registry=r)
         self.events = Counter("libvirt_operator_libvirt_events_total", "libvirt lifecycle events received",
                               ["type", "owned"], registry=r)
+        # "this": a VM of this node (or one that just left it); "other": another node's, which a node-scoped
+        # watch never delivers (only the client-side-filtering fallback does).
+        self.vm_watch_events = Counter("libvirt_operator_vm_watch_events_total",
+                                       "VirtualMachine watch events received, by type and whose VM",
+                                       ["type", "node"], registry=r)
         self.requests: PyCounter[tuple[str, str]] = PyCounter()
 
     def on_api_request(self, verb: str, resource: str, ok: bool) -> None:

@@ -1,8 +1,9 @@
 """The operator's running state for one node, and the start-up sequence in nova's ``init_host`` order.
 
 1. libvirt: event loop thread, connection (with callbacks), host capabilities, version and quality checks;
-2. the VirtualMachines of the cluster, listed once; the host-level domain scan (evacuated, orphaned,
-   foreign domains);
+2. the VirtualMachines of this node, listed once (server-side, with the field selector spec.nodeName=<node>;
+   all of them, filtered here, when the API server refuses it: kube/node_scope.py); the host-level domain
+   scan (evacuated, orphaned, foreign domains);
 3. every VM of this node reconciled once (the "resume" pass: interrupted provisioning, stops, starts and
    deletions, guests to resume after a host reboot), with bounded concurrency;
 4. then ready. The periodic full sync and the event pipeline run from then on.
@@ -32,6 +33,13 @@ from libvirt_operator.hypervisor.connection import Connection, HypervisorError, 
 from libvirt_operator.hypervisor.storage import Storage
 from libvirt_operator.kube.client import KubeClient, KubeError
 from libvirt_operator.kube.lease import LeaseConfig, NodeLease
+from libvirt_operator.kube.node_scope import (
+    Deleted,
+    deleted_meaning,
+    node_selector,
+    selector_refused,
+    still_exists,
+)
 from libvirt_operator.metrics import Metrics
 from libvirt_operator.pipeline.records import MAX_PENDING_EVENTS, Key, RecordStore
 from libvirt_operator.pipeline.workqueue import WorkQueue
@@ -95,7 +103,8 @@ class Runtime:
         self.restart_required: dict[str, bool] = {}
         self.facts = HostFacts()  # filled in by start()
         self.host = HostReconciler(HostParts(settings=settings, conn=self.conn, storage=self.storage,
-                                             records=self.records, post_event=self.post_event))
+                                             records=self.records, post_event=self.post_event,
+                                             get_vm=self._get_vm))
         self.reconciler = Reconciler(VMParts(
             settings=settings, kube=kube, conn=self.conn, storage=self.storage, records=self.records,
             metrics=self.metrics, facts=self.facts, host=self.host, restart_required=self.restart_required,
@@ -112,6 +121,8 @@ class Runtime:
         self.lease_lost = False
         self.on_fatal: Callable[[], None] | None = None  # asks the process to stop (set by operator_main)
         self._stopped = False
+        # The VM watch and listings are filtered by the API server to this node's VMs, unless it refused.
+        self.node_scoped = True
 
     # --- readiness -----------------------------------------------------------------------------------
 
@@ -204,15 +215,39 @@ class Runtime:
         if self._pending_first:
             await self._first_pass_event.wait()
 
+    @property
+    def watch_selector(self) -> str | None:
+        """The field selector of the VM watch (kopf's settings.watching.field_selectors), None: unfiltered."""
+        return node_selector(self.settings.node_name) if self.node_scoped else None
+
     async def _list_vms_until_answered(self) -> list[dict[str, Any]]:
         delay = 0.2
         while True:
             try:
-                return await self.kube.list_vms(self.settings.namespace)
+                return await self.kube.list_vms(self.settings.namespace, field_selector=self.watch_selector)
             except KubeError as exc:
+                if self.node_scoped and selector_refused(exc.status, str(exc)):
+                    self._fall_back_to_client_side_filtering(str(exc))
+                    continue
                 logger.warning("cannot list VirtualMachines (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+    def _fall_back_to_client_side_filtering(self, answer: str) -> None:
+        self.node_scoped = False
+        note = ("VirtualMachine watch not node-scoped: the API server refused the field selector "
+                f"{node_selector(self.settings.node_name)} (Kubernetes 1.31 or later and the CRD's "
+                "selectableFields are needed); every VM of the cluster is listed and watched, filtered here")
+        logger.warning("%s: %s", note, answer)
+        self.node.set_note(note)
+
+    async def _get_vm(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.kube.get_vm(namespace, name)
+        except KubeError as exc:
+            if exc.not_found:
+                return None
+            raise
 
     async def stop(self, grace: float = 30.0) -> None:
         """Idempotent: kopf's cleanup handler calls it, and so does a kopf restart (operator_main)."""
@@ -242,20 +277,61 @@ class Runtime:
         """A watch event from kopf (type None during its initial listing)."""
         meta = body.get("metadata", {})
         key: Key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        node = self.settings.node_name
+        previous = self.records.get(key)
+        was_mine = previous is not None and previous.node_name == node
+        vm_node = (body.get("spec") or {}).get("nodeName")
+        self.metrics.vm_watch_events.labels(event_type or "LISTED",
+                                            "this" if vm_node == node or was_mine else "other").inc()
+        logger.debug("VirtualMachine watch event %s for %s/%s (node %s)", event_type or "LISTED", *key, vm_node)
         if event_type == "DELETED":
+            meaning = deleted_meaning(body, node, node_scoped=self.node_scoped)
+            if meaning is Deleted.MOVED_AWAY:
+                self._moved_away(dict(body))
+                return
+            if meaning is Deleted.ASK and previous is not None:
+                self.spawn(self._resolve_deleted(key, previous.uid))
+                return
             record = self.records.remove(key)
             if record is not None and record.node_name == self.settings.node_name:
                 # Deleted without our finalizer (forced): its domain is now an orphan.
                 self.spawn(self._cleanup_vanished(record.uid))
             return
-        previous = self.records.get(key)
-        was_mine = previous is not None and previous.node_name == self.settings.node_name
         if previous is not None and previous.holds(body):
             return  # the echo of our own write: nothing new
         record = self.records.upsert(dict(body))
         if record.node_name == self.settings.node_name or was_mine:
             if self._startup_done:
                 self.queue.add(key)
+
+    def _moved_away(self, body: dict[str, Any]) -> None:
+        """Still exists, now another node's: the reconciler removes its domain here (and the record)."""
+        record = self.records.upsert(body)
+        if self._startup_done:
+            self.queue.add(record.key)
+
+    async def _resolve_deleted(self, key: Key, uid: str) -> None:
+        """A selector watch's DELETED that may be a move: the API says whether the VM still exists."""
+        delay = 0.2
+        while True:
+            try:
+                current = await self._get_vm(*key)
+                break
+            except KubeError as exc:
+                logger.warning("%s/%s left this node's watch; cannot tell moved from deleted yet (%s): retrying "
+                               "in %.1fs", *key, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        if current is not None and still_exists(uid, current):
+            logger.info("%s/%s left this node's watch: it now belongs to node %s", *key,
+                        (current.get("spec") or {}).get("nodeName"))
+            self._moved_away(current)
+            return
+        record = self.records.get(key)
+        if record is not None and record.uid == uid:
+            self.records.remove(key)
+        # Deleted without our finalizer (forced): its domain is now an orphan.
+        await self._cleanup_vanished(uid)
 
     def _on_libvirt_event(self, event: LifecycleEvent) -> None:
         record = self.records.by_uid(event.uuid)
@@ -299,10 +375,11 @@ class Runtime:
     async def full_sync(self) -> int:
         """One libvirt listing; queue only the VMs whose recorded state differs. Returns how many."""
         states = await self.conn.call("list domain states", domains.list_states)
-        drifted = 0
+        drifted = mine = 0
         for rec in self.records:
             if rec.node_name != self.settings.node_name:
                 continue
+            mine += 1
             status = rec.status
             dom = states.get(rec.uid)
             if dom is None:
@@ -315,6 +392,8 @@ class Runtime:
                 self.queue.add(rec.key)
         if drifted:
             logger.info("full sync: %d of %d domains drifted from their recorded state", drifted, len(states))
+        logger.debug("full sync: %d VMs of this node, %d domains on the host, %d drifted", mine, len(states),
+                     drifted)
         return drifted
 
     async def _sync_loop(self) -> None:

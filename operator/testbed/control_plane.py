@@ -176,6 +176,27 @@ class ControlPlane:
                 seen[str(entry.get("auditID"))] = ((str(entry.get("verb")), resource), code)
         return offset
 
+    def request_uris_since(self, offset: int, user: str | None = None) -> list[tuple[str, str, str]]:
+        """(verb, resource, requestURI) of one user's resource requests in the audit log after ``offset``
+        (one per request: the stages of a request share its auditID)."""
+        needle = (user or self.user).encode()
+        found: dict[str, tuple[str, str, str]] = {}
+        with open(self.audit_log, "rb") as log:
+            log.seek(offset)
+            for line in log:
+                if not line.endswith(b"\n") or needle not in line:
+                    continue
+                try:
+                    entry: dict[str, Any] = json.loads(line)
+                except ValueError:
+                    continue
+                ref = entry.get("objectRef") or {}
+                if (entry.get("user") or {}).get("username") != (user or self.user) or not ref.get("resource"):
+                    continue
+                found[str(entry.get("auditID"))] = (str(entry.get("verb")), str(ref["resource"]),
+                                                    str(entry.get("requestURI", "")))
+        return list(found.values())
+
     @property
     def node_name(self) -> str:
         """The node hack/cluster.sh runs a kubelet for ("" when started without one)."""
@@ -244,6 +265,7 @@ class RealApi:
         self.proxy = FaultProxy(plane.url, str(plane.ca_file)) if proxy else None
         self.port = 0
         self._offset = 0
+        self._begin = 0
         self._seen: dict[str, tuple[tuple[str, str], int]] = {}
 
     def start(self) -> None:
@@ -272,7 +294,12 @@ class RealApi:
 
     def reset_counts(self) -> None:
         self._offset = self.plane.audit_offset()
+        self._begin = self._offset
         self._seen = {}
+
+    def request_uris(self) -> list[tuple[str, str, str]]:
+        """(verb, resource, requestURI) of the operators' requests since start() / reset_counts()."""
+        return self.plane.request_uris_since(self._begin)
 
     def inject_fault(self, *, status: int, verb: str | None = None, resource: str | None = None,
                      count: int = 1) -> None:

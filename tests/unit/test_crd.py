@@ -329,3 +329,7 @@ def test_examples_are_valid_for_the_schema(schema: dict[str, Any]) -> None:
                 if document and document.get("kind") == constants.KIND:
                     assert validate(schema, document) == [], path.name
 
+
+
+def test_spec_node_name_is_a_selectable_field_for_the_node_scoped_watch(version: dict[str, Any]) -> None:
+    assert version.get("selectableFields") == [{"jsonPath": ".spec.nodeName"}]

@@ -2,6 +2,9 @@
 
 - owned (per the domain's <metadata>), VM now on another node: destroyed and undefined here; disks
   removed only when the storage is not shared; never while the VM is marked as migrating;
+- owned, VM not in this node's listing (node-scoped, README "Architecture"): GET by the namespace/name of
+  the domain's metadata tells a VM on another node (above) from one that is gone (below); an API error
+  leaves the domain alone;
 - owned, VM gone: destroyed and undefined; disks kept unless --delete-orphan-disks; reported in the log
   and as an Event on the Node;
 - not owned: never touched; counted in one log line.
@@ -20,6 +23,7 @@ from libvirt_operator.api.constants import MIGRATING_ANNOTATION
 from libvirt_operator.context import HostParts
 from libvirt_operator.hypervisor import domains
 from libvirt_operator.hypervisor.domain_xml import Owner, parse_owner
+from libvirt_operator.kube.client import KubeError
 from libvirt_operator.pipeline.records import VMRecord
 
 logger = logging.getLogger(__name__)
@@ -63,6 +67,19 @@ class HostReconciler:
                     counts["unowned"] += 1
                     return
                 vm = by_uid.get(owner.uid) if owner.uid == uuid else None
+                if vm is None and owner.uid == uuid:
+                    # Not in this node's listing: moved to another node, or gone. The API tells which.
+                    try:
+                        found = await self.parts.get_vm(owner.namespace, owner.name)
+                    except KubeError as exc:
+                        counts["unknown"] += 1
+                        logger.warning("domain %s (VM %s/%s): cannot tell whether its VirtualMachine moved or "
+                                       "is gone (%s): left alone until the next start", name, owner.namespace,
+                                       owner.name, exc)
+                        decisions.append((name, "unknown", "none"))
+                        return
+                    if found is not None and str(found.get("metadata", {}).get("uid")) == owner.uid:
+                        vm = found
                 if vm is None:
                     counts["orphan"] += 1
                     keep = not self.parts.settings.delete_orphan_disks

@@ -106,6 +106,8 @@ class NodeReporter:
         self._task: asyncio.Task[None] | None = None
         self.applied: tuple[bool, str] | None = None
         self.host_info: HostInfo | None = None
+        self.note: str | None = None  # appended to the condition's message (e.g. the watch fallback)
+        self._applied_note: str | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="node-reporter")
@@ -117,6 +119,11 @@ class NodeReporter:
 
     def set_connected(self, connected: bool, reason: str) -> None:
         self._wanted = (connected, reason)
+        self._wake.set()
+
+    def set_note(self, note: str | None) -> None:
+        """A remark the LibvirtReady condition's message carries from now on (written with the next update)."""
+        self.note = note
         self._wake.set()
 
     async def publish_capabilities(self, info: HostInfo) -> None:
@@ -143,12 +150,12 @@ class NodeReporter:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            wanted = self._wanted
-            if wanted is None or wanted == self.applied:
+            wanted, note = self._wanted, self.note
+            if wanted is None or (wanted == self.applied and note == self._applied_note):
                 continue
             try:
-                await self._apply(*wanted)
-                self.applied = wanted
+                await self._apply(*wanted, note)
+                self.applied, self._applied_note = wanted, note
                 delay = 0.2
             except KubeError as exc:
                 logger.warning("could not update node %s (%s); retrying in %.1fs", self.settings.node_name,
@@ -157,7 +164,7 @@ class NodeReporter:
                 delay = min(delay * 2, 10.0)
                 self._wake.set()
 
-    async def _apply(self, connected: bool, reason: str) -> None:
+    async def _apply(self, connected: bool, reason: str, note: str | None = None) -> None:
         node_name = self.settings.node_name
         try:
             node = await self.kube.get_node(node_name)
@@ -193,6 +200,8 @@ class NodeReporter:
             "lastHeartbeatTime": now_iso(),
             "lastTransitionTime": now_iso(),
         }
+        if note:
+            condition["message"] = f"{condition['message']}; {note}"
         for existing in (node.get("status") or {}).get("conditions") or []:
             if existing.get("type") == NODE_CONDITION_TYPE and existing.get("status") == condition["status"]:
                 condition["lastTransitionTime"] = existing.get("lastTransitionTime") or condition["lastTransitionTime"]

@@ -2,7 +2,11 @@
 
 - ``on.login``: the credentials of the given kubeconfig (or in-cluster), via the kubernetes client;
 - ``on.startup``: the start-up reconciliation (libvirt, domain scan, resume pass) -- see runtime.py, which
-  kopf's memo carries as ``runtime`` (an ``OperatorRuntime``: this module never imports runtime.py);
+  kopf's memo carries as ``runtime`` (an ``OperatorRuntime``: this module never imports runtime.py); then
+  the VM watch's server-side filter: kopf's ``settings.watching.field_selectors`` (``spec.nodeName=<node>``,
+  applied by kopf to its initial list and to every watch request), unless the start-up listing found that
+  the API server refuses it. kopf starts its watches only after the startup handlers, so the choice holds
+  from the first request;
 - ``on.event`` for VirtualMachines: feeds the reconciler's cache and queue. The initial listing of the
   watch arrives here too (type None), which is how VMs are resumed after a restart;
 - ``on.cleanup``: lets in-flight operations finish, then closes libvirt.
@@ -67,6 +71,7 @@ def build_registry(kubeconfig: str | None) -> kopf.OperatorRegistry:
         settings.networking.request_timeout = 30
         runtime: OperatorRuntime = memo["runtime"]
         await runtime.start()
+        apply_watch_selector(settings, runtime.watch_selector)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def vm_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
@@ -80,6 +85,14 @@ def build_registry(kubeconfig: str | None) -> kopf.OperatorRegistry:
         await runtime.stop()
 
     return registry
+
+
+def apply_watch_selector(settings: kopf.OperatorSettings, selector: str | None) -> None:
+    """The VirtualMachine watch (and kopf's listing before it) filtered by the API server, or not at all."""
+    if selector:
+        settings.watching.field_selectors[GROUP, PLURAL] = selector
+    elif (GROUP, PLURAL) in settings.watching.field_selectors:
+        del settings.watching.field_selectors[GROUP, PLURAL]
 
 
 def _plain(body: kopf.Body) -> dict[str, Any]:

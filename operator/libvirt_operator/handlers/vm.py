@@ -98,6 +98,10 @@ class Reconciler:
         if rec.node_name != node:
             if rec.uid:
                 await self.parts.host.clean_moved_domain(rec)
+            if self.parts.records.get(rec.key) is rec and rec.node_name != node:
+                # Another node's now: a node-scoped watch says nothing more about it (should it come back,
+                # it arrives as ADDED), so it leaves the cache.
+                self.parts.records.remove(rec.key)
             return None
 
         if not self.parts.conn.connected:

@@ -96,13 +96,17 @@ class KubeClient:
 
     # --- VirtualMachines -------------------------------------------------------------------------
 
-    async def list_vms(self, namespace: str | None = None) -> list[dict[str, Any]]:
+    async def list_vms(self, namespace: str | None = None, *,
+                       field_selector: str | None = None) -> list[dict[str, Any]]:
+        options: dict[str, Any] = {"field_selector": field_selector} if field_selector else {}
+
         def fn() -> Any:
             if namespace:
                 return self.custom.list_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL, _request_timeout=self._timeout, _preload_content=False)
+                    GROUP, VERSION, namespace, PLURAL, _request_timeout=self._timeout, _preload_content=False,
+                    **options)
             return self.custom.list_cluster_custom_object(
-                GROUP, VERSION, PLURAL, _request_timeout=self._timeout, _preload_content=False)
+                GROUP, VERSION, PLURAL, _request_timeout=self._timeout, _preload_content=False, **options)
         result = await self._call("list", PLURAL, lambda: _decode(fn()))
         return list(result.get("items") or [])
 

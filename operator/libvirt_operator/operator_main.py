@@ -63,7 +63,7 @@ async def run_operator(settings: Settings, *, stop_flag: asyncio.Event | None = 
             began = time.monotonic()
             try:
                 await kopf.operator(
-                    registry=build_registry(settings.kubeconfig),
+                    registry=build_registry(settings.kubeconfig, watch_timeout=settings.watch_timeout),
                     memo=kopf.Memo(runtime=runtime),
                     standalone=True,
                     clusterwide=settings.namespace is None,

@@ -37,6 +37,7 @@ class Settings:
     storage_dir: Path = Path("/var/lib/libvirt-operator/disks")
     domain_type: str = "auto"  # auto | kvm | qemu
     sync_interval: float = 60.0
+    watch_timeout: float = 300.0
     shutdown_timeout: float = 60.0
     stopped_event_delay: float = 2.0
     shared_storage: str = "auto"  # auto | true | false
@@ -68,6 +69,9 @@ _OPTIONS: list[tuple[str, str, str, str, str]] = [
     ("--storage-dir", "STORAGE_DIR", "storage_dir", "path", "directory where VM disks are created"),
     ("--domain-type", "DOMAIN_TYPE", "domain_type", "str", "libvirt domain type: auto, kvm or qemu"),
     ("--sync-interval", "SYNC_INTERVAL", "sync_interval", "float", "seconds between full power-state syncs"),
+    ("--watch-timeout", "WATCH_TIMEOUT", "watch_timeout", "float",
+     "seconds each VirtualMachine watch request stays open (the API server's timeoutSeconds); the client "
+     "gives up a little later (10%, at least 5 s) and opens it again, which also ends a stalled stream"),
     ("--shutdown-timeout", "SHUTDOWN_TIMEOUT", "shutdown_timeout", "float",
      "seconds a graceful guest shutdown may take before the domain is destroyed"),
     ("--stopped-event-delay", "STOPPED_EVENT_DELAY", "stopped_event_delay", "float",
@@ -206,8 +210,17 @@ def validate(settings: Settings) -> None:
     for name in ("sync_interval", "shutdown_timeout", "stopped_event_delay", "reconnect_max_backoff"):
         if getattr(settings, name) < 0:
             raise SystemExit(f"{name.replace('_', '-')} must not be negative")
+    if settings.watch_timeout < 1:
+        raise SystemExit("--watch-timeout must be at least 1 second")
     if settings.workers < 1:
         raise SystemExit("--workers must be at least 1")
+
+
+def watch_timeouts(server_timeout: float) -> tuple[int, float]:
+    """Pure: (the API server's timeoutSeconds, the client's total timeout) of one watch request. The client
+    waits 10% longer (at least 5 s), so that a healthy stream is ended by the server, a stalled one by us."""
+    server = max(round(server_timeout), 1)
+    return server, server + max(server * 0.1, 5.0)
 
 
 def replace(settings: Settings, **changes: Any) -> Settings:

@@ -24,7 +24,7 @@ from libvirt_operator.kube.node_scope import (
     still_exists,
 )
 from libvirt_operator.metrics import Metrics
-from libvirt_operator.settings import Settings
+from libvirt_operator.settings import Settings, watch_timeouts
 from libvirt_operator.testing import OperatorThread
 
 NODE, OTHER = "scope-node", "scope-other"
@@ -75,6 +75,12 @@ def test_after_an_ambiguous_deleted_only_the_same_uid_in_the_api_means_the_vm_st
     assert still_exists("u1", {"metadata": {"uid": "u1"}, "spec": {"nodeName": OTHER}})
     assert not still_exists("u1", None)  # 404: deleted
     assert not still_exists("u1", {"metadata": {"uid": "u2"}})  # recreated under the same name
+
+
+def test_the_client_waits_a_little_longer_than_the_server_side_watch_timeout() -> None:
+    assert watch_timeouts(300) == (300, 330.0)  # the defaults as before
+    assert watch_timeouts(10) == (10, 15.0)  # at least 5 s more
+    assert Settings().watch_timeout == 300
 
 
 # --- in-process operator on the emulator -------------------------------------------------------------------

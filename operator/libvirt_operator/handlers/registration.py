@@ -27,6 +27,7 @@ import kubernetes
 
 from libvirt_operator.api.constants import GROUP, PLURAL, VERSION
 from libvirt_operator.context import OperatorRuntime
+from libvirt_operator.settings import watch_timeouts
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def connection_info(kubeconfig: str | None) -> kopf.ConnectionInfo:
     )
 
 
-def build_registry(kubeconfig: str | None) -> kopf.OperatorRegistry:
+def build_registry(kubeconfig: str | None, *, watch_timeout: float = 300.0) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
@@ -64,8 +65,7 @@ def build_registry(kubeconfig: str | None) -> kopf.OperatorRegistry:
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         settings.posting.enabled = False  # our own Events are explicit; kopf's log echo would add API load
-        settings.watching.server_timeout = 300
-        settings.watching.client_timeout = 330
+        settings.watching.server_timeout, settings.watching.client_timeout = watch_timeouts(watch_timeout)
         settings.watching.connect_timeout = 10
         settings.watching.reconnect_backoff = 0.5
         settings.networking.request_timeout = 30

@@ -408,7 +408,7 @@ stop_node() {
     fi
     stop_one containerd
     pkill -KILL -f "containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK" 2>/dev/null || true
-    grep -oE " ($STATE|$CONTAINERD_RUN)/[^ ]*" /proc/mounts | sort -r | while read -r m; do
+    { grep -oE " ($STATE|$CONTAINERD_RUN)/[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do
         umount -l "$m" 2>/dev/null || true
     done
 }

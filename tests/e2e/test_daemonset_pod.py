@@ -112,6 +112,13 @@ def release(control_plane: ControlPlane, image: dict[str, str], tmp_path_factory
         wait_for(rel.ready_pod, timeout=180, interval=1, what="the DaemonSet's pod Running and Ready")
         yield rel
     finally:
+        # The node's VMs deleted while the operator pod still runs, so that it removes their guests and
+        # disks (what is left after that is purged); then the release.
+        listed = json.loads(control_plane.kubectl("get", "lvm", "-A", "-o", "json"))
+        for vm in listed.get("items") or []:
+            if (vm.get("spec") or {}).get("nodeName") == node:
+                control_plane.kubectl("delete", "lvm", "-n", vm["metadata"]["namespace"], vm["metadata"]["name"],
+                                      "--timeout=120s", check=False)
         control_plane.purge_vms(node)
         rel.run("uninstall", "--wait", "--timeout", "120s")
         control_plane.kubectl("label", "node", node, f"{HYPERVISOR_LABEL}-")

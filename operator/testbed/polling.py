@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -25,3 +26,14 @@ def wait_for(predicate: Callable[[], T], *, timeout: float = 30.0, interval: flo
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}"
                                  + (f" (last error: {last_error!r})" if last_error else ""))
         time.sleep(interval)
+
+
+async def until(predicate: Callable[[], Any], limit: float = 20.0, what: str = "condition") -> Any:
+    """The same on an event loop: poll ``predicate`` every 20 ms without blocking the loop."""
+    deadline = asyncio.get_running_loop().time() + limit
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)

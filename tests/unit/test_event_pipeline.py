@@ -20,20 +20,11 @@ from libvirt_operator.api.constants import CRD_PATH, GROUP, PLURAL, RETRY_ANNOTA
 from libvirt_operator.runtime import Runtime
 from libvirt_operator.settings import Settings
 from libvirt_operator.testing import OperatorThread
+from testbed.polling import until
 from tests.unit.test_start_errors import NETWORK_INACTIVE, QEMU_DIED
 
 NODE = "unit-node"
 STOPPED, STARTED = libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STARTED
-
-
-async def until(predicate: Callable[[], Any], limit: float = 20.0, what: str = "condition") -> Any:
-    deadline = asyncio.get_running_loop().time() + limit
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 @dataclasses.dataclass

@@ -5,7 +5,7 @@ selectableFields (the API server refuses the field selector: the operator falls 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from libvirt_operator.kube.node_scope import (
 from libvirt_operator.metrics import Metrics
 from libvirt_operator.settings import Settings, watch_timeouts
 from libvirt_operator.testing import OperatorThread
+from testbed.polling import until
 
 NODE, OTHER = "scope-node", "scope-other"
 
@@ -84,16 +85,6 @@ def test_the_client_waits_a_little_longer_than_the_server_side_watch_timeout() -
 
 
 # --- in-process operator on the emulator -------------------------------------------------------------------
-
-async def until(predicate: Callable[[], Any], limit: float = 20.0, what: str = "condition") -> Any:
-    deadline = asyncio.get_running_loop().time() + limit
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
 
 def watch_events(metrics: Metrics, node: str) -> int:
     """libvirt_operator_vm_watch_events_total summed over event types, for "this" or "other" node's VMs."""

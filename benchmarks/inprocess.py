@@ -16,6 +16,7 @@ import libvirt
 from libvirt_operator.hypervisor import event_loop
 from libvirt_operator.settings import Settings
 from libvirt_operator.testing import OperatorThread
+from testbed.hosts import remove_test_domains
 
 __all__ = ["OperatorThread", "open_test_driver", "remove_test_domains", "test_settings"]
 
@@ -34,11 +35,3 @@ def open_test_driver() -> libvirt.virConnect:
     return libvirt.open(TEST_URI)
 
 
-def remove_test_domains(conn: libvirt.virConnect, keep: frozenset[str] = frozenset({"test"})) -> None:
-    """Undefine every domain the benchmark made (test:///default's own `test` domain stays)."""
-    for dom in conn.listAllDomains(0):
-        if dom.name() in keep:
-            continue
-        if dom.isActive():
-            dom.destroy()
-        dom.undefine()

@@ -101,3 +101,13 @@ class Host:
             self.conn.close()
         except libvirt.libvirtError:
             pass
+
+
+def remove_test_domains(conn: libvirt.virConnect, keep: frozenset[str] = frozenset({"test"})) -> None:
+    """Blocking: undefine every domain on libvirt's test:///default but its own `test` domain."""
+    for dom in conn.listAllDomains(0):
+        if dom.name() in keep:
+            continue
+        if dom.isActive():
+            dom.destroy()
+        dom.undefine()

@@ -20,6 +20,7 @@ from libvirt_operator.api.constants import CRD_PATH, GROUP, PLURAL, RETRY_ANNOTA
 from libvirt_operator.runtime import Runtime
 from libvirt_operator.settings import Settings
 from libvirt_operator.testing import OperatorThread
+from testbed.hosts import remove_test_domains
 from testbed.polling import until
 from tests.unit.test_start_errors import NETWORK_INACTIVE, QEMU_DIED
 
@@ -97,11 +98,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
             yield Env(api, operator, conn)
         finally:
             await asyncio.to_thread(operator.stop)
-            for dom in conn.listAllDomains(0):
-                if dom.name() != "test":
-                    if dom.isActive():
-                        dom.destroy()
-                    dom.undefine()
+            remove_test_domains(conn)
             conn.close()
 
 

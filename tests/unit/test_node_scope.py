@@ -26,6 +26,7 @@ from libvirt_operator.kube.node_scope import (
 from libvirt_operator.metrics import Metrics
 from libvirt_operator.settings import Settings, watch_timeouts
 from libvirt_operator.testing import OperatorThread
+from testbed.hosts import remove_test_domains
 from testbed.polling import until
 
 NODE, OTHER = "scope-node", "scope-other"
@@ -165,11 +166,7 @@ async def _scope(tmp_path: Path, crd: Path) -> AsyncIterator[Scope]:
             yield scope
         finally:
             await asyncio.to_thread(scope.operator.stop)
-            for dom in conn.listAllDomains(0):
-                if dom.name() != "test":
-                    if dom.isActive():
-                        dom.destroy()
-                    dom.undefine()
+            remove_test_domains(conn)
             conn.close()
 
 

@@ -24,8 +24,7 @@ RUN python=; python3 -c 'import ensurepip, os, sysconfig; assert os.path.exists(
 ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 WORKDIR /src
 # The dependencies first, in a layer of their own (libvirt-python is compiled here, against libvirt-dev):
-# a change of the operator's code alone does not rebuild them. kubernetes/aio, the client's asyncio twin
-# (68 MB), goes: the operator uses the synchronous client and kopf's own aiohttp client, never it.
+# a change of the operator's code alone does not rebuild them.
 # pip trusts the CA bundle given as the optional build secret pip-ca, if any (a build behind a TLS proxy:
 # `--secret id=pip-ca,src=/etc/ssl/certs/ca-certificates.crt`; it never becomes part of a layer).
 COPY pyproject.toml ./
@@ -33,8 +32,7 @@ RUN --mount=type=secret,id=pip-ca \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
     && python3 -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' \
         >/tmp/requirements.txt \
-    && pip install --no-cache-dir --disable-pip-version-check -r /tmp/requirements.txt \
-    && rm -rf /opt/venv/lib/python3*/site-packages/kubernetes/aio
+    && pip install --no-cache-dir --disable-pip-version-check -r /tmp/requirements.txt
 COPY README.md ./
 # operator/libvirt_operator/api/crd.yaml is a symlink into deploy/crds/: the package gets the file itself.
 COPY deploy/crds/ deploy/crds/

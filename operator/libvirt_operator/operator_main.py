@@ -5,12 +5,19 @@ kopf stops the whole operator when one of its watch streams fails on an API answ
 such answer from the API server or a proxy would then end every node's operator at once. Here kopf is
 run again instead, in the same process, with a fresh runtime that redoes the start-up reconciliation
 (the same as a pod restart, without losing the process); the backoff doubles up to a minute.
+
+SIGTERM and SIGINT set the operator's own stop flag: kopf is run as its two public halves (spawn_tasks,
+which installs kopf's signal handlers, then run_tasks) and ours replace kopf's in between. kopf's handlers
+would stop it too, but kopf then waits 5 s for its task that watches the stop flag, which never completes
+(kopf 1.45): every pod termination took 5.2 s where the work takes 50 ms.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable
 
@@ -40,7 +47,8 @@ async def run_operator(settings: Settings, *, stop_flag: asyncio.Event | None = 
 
     ``on_runtime`` is called with each runtime: the first, and the fresh one of every kopf restart.
     """
-    kube = KubeClient(load_api_client(settings.kubeconfig), workers=max(4, settings.workers // 2))
+    # One connection per worker: every worker can have its status patch in flight at once.
+    kube = KubeClient(await load_api_client(settings.kubeconfig, connections=settings.workers))
     metrics = Metrics()
     stop = stop_flag if stop_flag is not None else asyncio.Event()
     current: list[Runtime] = []
@@ -62,7 +70,8 @@ async def run_operator(settings: Settings, *, stop_flag: asyncio.Event | None = 
                 on_runtime(runtime)
             began = time.monotonic()
             try:
-                await kopf.operator(
+                existing = asyncio.all_tasks()  # what kopf.operator() tells run_tasks to leave alone
+                tasks = await kopf.spawn_tasks(
                     registry=build_registry(settings.kubeconfig, watch_timeout=settings.watch_timeout),
                     memo=kopf.Memo(runtime=runtime),
                     standalone=True,
@@ -70,6 +79,8 @@ async def run_operator(settings: Settings, *, stop_flag: asyncio.Event | None = 
                     namespaces=[settings.namespace] if settings.namespace else [],
                     stop_flag=stop,
                 )
+                _stop_on_signals(stop)
+                await kopf.run_tasks(tasks, ignored=existing)
                 return 1 if runtime.lease_lost else 0
             except KOPF_API_FAILURES as exc:
                 if stop.is_set() or runtime.lease_lost:
@@ -85,7 +96,20 @@ async def run_operator(settings: Settings, *, stop_flag: asyncio.Event | None = 
             backoff = min(backoff * 2, RESTART_BACKOFF[1])
     finally:
         await health.stop()
-        kube.close()
+        await kube.close()
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGTERM/SIGINT set ``stop`` (replacing kopf's handlers, which spawn_tasks has just installed)."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # in-process use (benchmarks, tests): signals are the host program's business
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        logger.info("received %s: stopping", sig.name)
+        stop.set()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
 
 
 async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:

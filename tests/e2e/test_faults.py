@@ -609,8 +609,10 @@ def test_operator_sigkilled_at_random_points_of_create_delete_cycles_loses_and_l
         assert _disk_dirs(storage) == [bystander[1]], "leaked disk directory"
         _assert_untouched(cluster, host, bystander)
 
+    # This node's only: other sessions may share the API server (their VMs are on nodes of their own).
     leftovers = [vm["metadata"]["name"] for vm in cluster.custom.list_cluster_custom_object(
-        GROUP, VERSION, PLURAL)["items"] if vm["metadata"]["name"] != bystander[0]]
+        GROUP, VERSION, PLURAL, field_selector=f"spec.nodeName={node_name}")["items"]
+        if vm["metadata"]["name"] != bystander[0]]
     assert leftovers == [], f"VirtualMachines left behind: {leftovers}"
     print(f"\nfault cycles (seed {seed}): {CYCLES} cycles, {killer.kills} SIGKILLs, {created} VMs created, "
           f"{converged} converged ({retried} after a ProvisioningInterrupted retry), {deleted} deleted; "

@@ -1,8 +1,9 @@
 """The per-node lease: one of two operator processes for a node acts, the other waits its turn.
 
-Contenders talk real HTTP through the official client to the in-package API emulator, which serves
-from this test's own event loop: were a lease call to block the loop, the emulator could not answer
-and the test would hang (pytest-timeout) rather than pass.
+Contenders talk real HTTP through the operator's asyncio client (``kubernetes.aio``) to the in-package API
+emulator, which serves from this test's own event loop: were a lease call to block the loop, the emulator
+could not answer and the test would hang (pytest-timeout) rather than pass. The test's own writes
+(an intruder, a crashed holder's lease) use the blocking client in a thread.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import kubernetes
+import kubernetes.aio.client
 import pytest
 
 from kube_emulator import KubeEmulator
@@ -56,20 +58,37 @@ class Cluster:
         self.emulator = emulator
         self.kubeconfig = kubeconfig
         self.clients: list[kubernetes.client.ApiClient] = []
+        self.contender_clients: list[kubernetes.aio.client.ApiClient] = []
         self.tasks: list[asyncio.Task[Any]] = []
 
-    def client(self) -> kubernetes.client.ApiClient:
+    def _configuration(self) -> kubernetes.client.Configuration:
         configuration = kubernetes.client.Configuration()
         kubernetes.config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=configuration)
-        client = kubernetes.client.ApiClient(configuration)
+        return configuration
+
+    def client(self) -> kubernetes.client.ApiClient:
+        """A blocking client for the test's own writes."""
+        client = kubernetes.client.ApiClient(self._configuration())
         self.clients.append(client)
+        return client
+
+    def contender_client(self) -> kubernetes.aio.client.ApiClient:
+        """A contender's own asyncio client and connection pool, as in a separate operator process."""
+        loaded = self._configuration()
+        configuration = kubernetes.aio.client.Configuration(host=loaded.host, api_key=dict(loaded.api_key or {}))
+        configuration.ssl_ca_cert = loaded.ssl_ca_cert
+        configuration.cert_file = loaded.cert_file
+        configuration.key_file = loaded.key_file
+        configuration.verify_ssl = loaded.verify_ssl
+        client = kubernetes.aio.client.ApiClient(configuration)
+        self.contender_clients.append(client)
         return client
 
     def contender(self, identity: str, *, duration: float = 1.0, renew_every: float = 0.2,
                   retry_every: float = 0.1) -> NodeLease:
         config = LeaseConfig.for_node(NODE, namespace=NAMESPACE, identity=identity, duration=duration,
                                       renew_every=renew_every, retry_every=retry_every)
-        return NodeLease(self.client(), config)
+        return NodeLease(self.contender_client(), config)
 
     def start(self, coro: Awaitable[T]) -> asyncio.Task[T]:
         async def run() -> T:
@@ -105,6 +124,8 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
             await asyncio.gather(*cluster.tasks, return_exceptions=True)
             for client in cluster.clients:
                 client.close()
+            for contender_client in cluster.contender_clients:
+                await contender_client.close()
 
 
 def renewed_at(spec: dict[str, Any]) -> datetime.datetime:

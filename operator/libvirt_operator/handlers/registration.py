@@ -1,6 +1,7 @@
 """kopf wiring: which kopf handlers exist and what each one does.
 
-- ``on.login``: the credentials of the given kubeconfig (or in-cluster), via the kubernetes client;
+- ``on.login``: the credentials of the given kubeconfig (or in-cluster), read as the operator's own API
+  client reads them (``kube/client.py``);
 - ``on.startup``: the start-up reconciliation (libvirt, domain scan, resume pass) -- see runtime.py, which
   kopf's memo carries as ``runtime`` (an ``OperatorRuntime``: this module never imports runtime.py); then
   the VM watch's server-side filter: kopf's ``settings.watching.field_selectors`` (``spec.nodeName=<node>``,
@@ -23,21 +24,17 @@ import logging
 from typing import Any
 
 import kopf
-import kubernetes
 
 from libvirt_operator.api.constants import GROUP, PLURAL, VERSION
 from libvirt_operator.context import OperatorRuntime
+from libvirt_operator.kube.client import load_configuration
 from libvirt_operator.settings import watch_timeouts
 
 logger = logging.getLogger(__name__)
 
 
-def connection_info(kubeconfig: str | None) -> kopf.ConnectionInfo:
-    configuration = kubernetes.client.Configuration()
-    if kubeconfig:
-        kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    else:
-        kubernetes.config.load_incluster_config(client_configuration=configuration)
+async def connection_info(kubeconfig: str | None) -> kopf.ConnectionInfo:
+    configuration = await load_configuration(kubeconfig)
     token = None
     header = (configuration.api_key or {}).get("authorization") or (configuration.api_key or {}).get("BearerToken")
     if header:
@@ -59,8 +56,8 @@ def build_registry(kubeconfig: str | None, *, watch_timeout: float = 300.0) -> k
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        return connection_info(kubeconfig)
+    async def login(**_: Any) -> kopf.ConnectionInfo:
+        return await connection_info(kubeconfig)
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:

@@ -10,14 +10,13 @@ Expiry is judged from the lease's renewTime against the local clock. Contenders 
 that node, so they share a clock; a lease of a crashed process is taken over at once on restart
 instead of after a further full duration (client-go's observed-time rule).
 
-The official client blocks, so every call runs in a thread (or the given executor): the event loop,
-which may well be serving other work, never waits on the network.
+Calls go through the operator's asyncio API client (``kubernetes.aio``, the pool of ``kube/client.py``),
+so the loop never waits on the network, and each carries a timeout that the renewal deadline bounds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import datetime
 import json
 import logging
@@ -27,12 +26,12 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import kubernetes
-from kubernetes.client.rest import ApiException
+import aiohttp
+import kubernetes.aio.client
 
 logger = logging.getLogger(__name__)
 
@@ -101,11 +100,9 @@ def _now() -> datetime.datetime:
 class NodeLease:
     """Acquire, hold (renew) and release one Lease for this process's identity."""
 
-    def __init__(self, api_client: kubernetes.client.ApiClient, config: LeaseConfig, *,
-                 executor: concurrent.futures.Executor | None = None) -> None:
+    def __init__(self, api_client: kubernetes.aio.client.ApiClient, config: LeaseConfig) -> None:
         self.config = config
-        self._api = kubernetes.client.CoordinationV1Api(api_client)
-        self._executor = executor
+        self._api = kubernetes.aio.client.CoordinationV1Api(api_client)
         self.holder: str | None = None  # the holder last seen in the lease
         self.acquired = False
         self.transitions = 0  # leaseTransitions last seen
@@ -123,10 +120,10 @@ class NodeLease:
                     logger.info("acquired lease %s/%s as %s (transitions: %d)", cfg.namespace, cfg.name,
                                 cfg.identity, self.transitions)
                     return
-            except ApiException as exc:
+            except LeaseApiError as exc:
                 if exc.status != 409:  # 409: another contender wrote first; read again next round
                     logger.warning("lease %s/%s: %s %s; retrying", cfg.namespace, cfg.name, exc.status, exc.reason)
-            except Exception as exc:  # connection refused, timeouts (urllib3's own errors): an outage
+            except Exception as exc:  # connection refused, resets, timeouts: an outage
                 logger.warning("lease %s/%s: %r; retrying", cfg.namespace, cfg.name, exc)
             await asyncio.sleep(cfg.retry_every)
 
@@ -154,14 +151,14 @@ class NodeLease:
                 # raising when a cancel lands as the call completes, and hold() would renew forever.
                 async with asyncio.timeout(remaining):
                     still_ours = await self._try_renew(remaining)
-            except ApiException as exc:
+            except LeaseApiError as exc:
                 if exc.status != 409:
                     logger.warning("renewing lease %s/%s: %s %s", cfg.namespace, cfg.name, exc.status, exc.reason)
                 delay = min(cfg.retry_every, cfg.renew_every)  # 409: read again soon
                 continue
             except TimeoutError:
                 continue  # the loop head sees the deadline passed
-            except Exception as exc:  # connection refused, urllib3 timeouts: retry until the deadline
+            except Exception as exc:  # connection refused, resets, timeouts: retry until the deadline
                 logger.warning("renewing lease %s/%s: %r", cfg.namespace, cfg.name, exc)
                 delay = min(cfg.retry_every, cfg.renew_every)
                 continue
@@ -280,12 +277,7 @@ class NodeLease:
     def _duration_seconds(self) -> int:
         return max(1, math.ceil(self.config.duration))  # the API field is whole seconds
 
-    # --- API calls (off the loop) ------------------------------------------------------------------
-
-    async def _run(self, fn: Callable[[], Any]) -> Any:
-        if self._executor is None:
-            return await asyncio.to_thread(fn)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+    # --- API calls ----------------------------------------------------------------------------------
 
     def _timeout(self, request_timeout: float | None) -> float:
         return request_timeout if request_timeout is not None else self.config.duration
@@ -294,29 +286,43 @@ class NodeLease:
         cfg = self.config
         try:
             # Raw JSON, not the generated model: the times stay MicroTime strings, the object round-trips.
-            response = await self._run(lambda: self._api.read_namespaced_lease(
-                cfg.name, cfg.namespace, _preload_content=False, _request_timeout=self._timeout(request_timeout)))
-        except ApiException as exc:
+            return await _answer(self._api.read_namespaced_lease_without_preload_content(
+                cfg.name, cfg.namespace, _request_timeout=self._timeout(request_timeout)))
+        except LeaseApiError as exc:
             if exc.status == 404:
                 return None
             raise
-        return _decode(response)
 
     async def _create(self, body: JSON) -> JSON:
         cfg = self.config
-        response = await self._run(lambda: self._api.create_namespaced_lease(
-            cfg.namespace, body, _preload_content=False, _request_timeout=self._timeout(None)))
-        return _decode(response)
+        return await _answer(self._api.create_namespaced_lease_without_preload_content(
+            cfg.namespace, body, _request_timeout=self._timeout(None)))
 
     async def _replace(self, body: JSON, request_timeout: float | None = None) -> JSON:
         cfg = self.config
-        response = await self._run(lambda: self._api.replace_namespaced_lease(
-            cfg.name, cfg.namespace, body, _preload_content=False, _request_timeout=self._timeout(request_timeout)))
-        return _decode(response)
+        return await _answer(self._api.replace_namespaced_lease_without_preload_content(
+            cfg.name, cfg.namespace, body, _request_timeout=self._timeout(request_timeout)))
 
 
-def _decode(response: Any) -> JSON:
-    data = json.loads(response.data)
+class LeaseApiError(Exception):
+    """The API server answered a Lease request with an error status."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+
+
+async def _answer(request: Awaitable[aiohttp.ClientResponse]) -> JSON:
+    """The Lease in a 2xx answer; LeaseApiError otherwise (calls without preloading check no status)."""
+    response = await request
+    try:
+        body = await response.read()
+    finally:
+        response.release()
+    if not 200 <= response.status <= 299:
+        raise LeaseApiError(response.status, str(response.reason or ""))
+    data = json.loads(body)
     if not isinstance(data, dict):
         raise ValueError(f"a Lease must be a JSON object, got {type(data).__name__}")
     return data

@@ -32,6 +32,7 @@ from typing import Any
 
 import aiohttp
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from libvirt_operator.api.constants import GROUP, PLURAL, VERSION
 from testbed import Api, ControlPlane, EmulatorApi, RealApi
@@ -43,6 +44,19 @@ REPO = Path(__file__).resolve().parents[1]
 # hack/cluster.sh and ControlPlane read these: a second control plane beside the shared one (16443, 23790).
 OWN_CLUSTER = {"LVO_CLUSTER_DIR": str(REPO / ".local" / "cluster-bench"), "LVO_APISERVER_PORT": "16444",
                "LVO_ETCD_PORT": "23820", "LVO_CLUSTER_NODE": "0"}
+
+
+# A 429 (the CRD's storage re-initializing after a test sharing the server changed the CRD, or priority
+# and fairness shedding load) is retried after the server's Retry-After, as Kubernetes clients do.
+TOO_MANY_REQUESTS_TRIES = 30
+
+
+def retry_after(header: str | None) -> float:
+    """Seconds to wait before retrying a 429: its Retry-After (seconds), 1 without one, at most 5."""
+    try:
+        return min(5.0, max(0.1, float(header))) if header else 1.0
+    except ValueError:
+        return 1.0
 
 
 def vm_path(namespace: str) -> str:
@@ -83,13 +97,25 @@ class Endpoint:
             **self.headers, "Content-Type": "application/json"},
             data=json.dumps(body).encode() if body is not None else None)
         try:
-            with urllib.request.urlopen(request, timeout=timeout, context=self.ssl) as resp:
-                return json.loads(resp.read() or b"{}")
+            for attempt in range(TOO_MANY_REQUESTS_TRIES):
+                try:
+                    with urllib.request.urlopen(request, timeout=timeout, context=self.ssl) as resp:
+                        return json.loads(resp.read() or b"{}")
+                except urllib.error.HTTPError as exc:
+                    if exc.code != 429 or attempt == TOO_MANY_REQUESTS_TRIES - 1:
+                        raise
+                    time.sleep(retry_after(exc.headers.get("Retry-After")))
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, ConnectionRefusedError):  # not an HTTPError: nothing answered
                 raise RuntimeError(f"{method} {self.url}{path}: the API server is gone (a test sharing the control "
                                    "plane may have stopped it; `hack/cluster.sh status`): the run is void") from exc
             raise
+
+    def text(self, path: str, *, timeout: float = 30) -> str:
+        """Blocking: a GET whose answer is text (/metrics)."""
+        request = urllib.request.Request(self.url + path, headers=dict(self.headers))
+        with urllib.request.urlopen(request, timeout=timeout, context=self.ssl) as resp:
+            return str(resp.read().decode())
 
     def session(self, *, limit: int = 100) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=limit, ssl=self.ssl if self.ssl is not None else True)
@@ -142,10 +168,16 @@ class PhaseApi:
         """On the real API: how long the API server itself took over each of the operator's ``verb resource``
         requests after audit offset ``since`` (request received to response complete); [] on the emulator.
         What the operator measures beyond that is its own time, the client's and the network's."""
+        return [done - received for received, done in self.server_spans(since, verb, resource)]
+
+    def server_spans(self, since: int, verb: str, resource: str) -> list[tuple[float, float]]:
+        """On the real API: (received, response complete) of each of the operator's ``verb resource``
+        requests after audit offset ``since``, as wall-clock times (time.time(): the API server runs on
+        this machine), in the log's order; [] on the emulator."""
         if self.plane is None:
             return []
         user, kind = self.plane.user, resource.split("/")
-        needle, times = user.encode(), []
+        needle, spans = user.encode(), []
         with open(self.plane.audit_log, "rb") as log:
             log.seek(since)
             for line in log:
@@ -156,8 +188,27 @@ class PhaseApi:
                 if ((entry.get("user") or {}).get("username") == user and entry.get("verb") == verb
                         and entry.get("stage") == "ResponseComplete"
                         and [ref.get("resource"), *([ref["subresource"]] if ref.get("subresource") else [])] == kind):
-                    times.append(_timestamp(entry["stageTimestamp"]) - _timestamp(entry["requestReceivedTimestamp"]))
-        return times
+                    spans.append((_timestamp(entry["requestReceivedTimestamp"]), _timestamp(entry["stageTimestamp"])))
+        return spans
+
+    def request_bytes(self, verb: str, resource: str = PLURAL) -> tuple[float, float] | None:
+        """On the real API: the API server's running (sum, count) of the request body bytes it received for
+        ``verb`` on ``resource`` of this group, every user's and every subresource's together (its
+        apiserver_request_body_size_bytes histogram); None on the emulator."""
+        if self.plane is None:
+            return None
+        total, count = 0.0, 0.0
+        labels = {"group": GROUP, "resource": resource, "verb": verb}
+        for family in text_string_to_metric_families(self.admin.text("/metrics")):
+            if family.name != "apiserver_request_body_size_bytes":
+                continue
+            for sample in family.samples:
+                if all(sample.labels.get(k) == v for k, v in labels.items()):
+                    if sample.name.endswith("_sum"):
+                        total += sample.value
+                    elif sample.name.endswith("_count"):
+                        count += sample.value
+        return total, count
 
     def vm_names(self) -> list[str]:
         listed = self.admin.call("GET", vm_path(self.namespace))

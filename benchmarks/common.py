@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import shutil
 import subprocess
 import tempfile
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.apis import Endpoint, vm_path
+from benchmarks.apis import TOO_MANY_REQUESTS_TRIES, Endpoint, retry_after, vm_path
 from libvirt_operator.api.constants import PLURAL
 from testbed import libvirtd_answers
 
@@ -55,13 +56,13 @@ def wait_until(predicate: Callable[[], T | None], *, timeout: float, what: str, 
         time.sleep(interval)
 
 
-def settle(read: Callable[[], T], *, quiet: float, timeout: float) -> T:
+def settle(read: Callable[[], T], *, quiet: float, timeout: float, interval: float = 0.1) -> T:
     """Poll ``read`` until its value stays the same for ``quiet`` seconds (the operator has gone idle)."""
     deadline = time.monotonic() + timeout
     value = read()
     since = time.monotonic()
     while time.monotonic() - since < quiet and time.monotonic() < deadline:
-        time.sleep(0.1)
+        time.sleep(interval)
         now = read()
         if now != value:
             value, since = now, time.monotonic()
@@ -74,6 +75,29 @@ def proc_status_kib(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(f"{field} not in /proc/{pid}/status")
+
+
+def sample_rss_mib(pid: int, *, samples: int = 5, interval: float = 0.4) -> float:
+    """The highest of ``samples`` VmRSS readings ``interval`` apart, in MiB (one reading can catch a dip)."""
+    values = []
+    for i in range(samples):
+        if i:
+            time.sleep(interval)
+        values.append(proc_status_kib(pid, "VmRSS") / 1024)
+    return max(values)
+
+
+def stat_cpu_ticks(stat: str) -> int:
+    """utime + stime (clock ticks, every thread of the process) from the text of /proc/PID/stat.
+
+    The fields are counted after the command name's closing parenthesis: the name may hold spaces."""
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5); fields[0] is field 3 (state)
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time a process has used so far (user + system, all its threads; not its children's)."""
+    return stat_cpu_ticks(Path(f"/proc/{pid}/stat").read_text()) / os.sysconf("SC_CLK_TCK")
 
 
 def metric_value(text: str, name: str, labels: Mapping[str, str] | None = None) -> float:
@@ -105,13 +129,49 @@ async def create_vms(admin: Endpoint, manifests: Iterable[Mapping[str, Any]], *,
         return list(await asyncio.gather(*(one(m) for m in manifests)))
 
 
+async def request(session: aiohttp.ClientSession, method: str, url: str, *, data: bytes | None = None,
+                  headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
+    """One request, retried while the server answers 429 (apis.retry_after): (status, body)."""
+    for attempt in range(TOO_MANY_REQUESTS_TRIES):
+        async with session.request(method, url, data=data, headers=headers) as resp:
+            body = await resp.read()
+            if resp.status != 429 or attempt == TOO_MANY_REQUESTS_TRIES - 1:
+                return resp.status, body
+            wait = retry_after(resp.headers.get("Retry-After"))
+        await asyncio.sleep(wait)
+    raise AssertionError("unreachable")
+
+
 async def post_vm(session: aiohttp.ClientSession, admin: Endpoint, body: Mapping[str, Any]) -> str:
     """``session`` is one of ``admin.session()`` (it carries the credential)."""
     namespace = body["metadata"].get("namespace", "default")
-    async with session.post(admin.url + vm_path(namespace), json=body) as resp:
-        if resp.status != 201:
-            raise RuntimeError(f"creating {body['metadata']['name']}: HTTP {resp.status}: {await resp.text()}")
-        return str((await resp.json())["metadata"]["uid"])
+    status, answer = await request(session, "POST", admin.url + vm_path(namespace), data=json.dumps(body).encode(),
+                                   headers={"Content-Type": "application/json"})
+    if status != 201:
+        raise RuntimeError(f"creating {body['metadata']['name']}: HTTP {status}: {answer.decode(errors='replace')}")
+    return str(json.loads(answer)["metadata"]["uid"])
+
+
+async def delete_vms(admin: Endpoint, namespace: str, names: Iterable[str], *, concurrency: int = 16) -> None:
+    """DELETE each VirtualMachine by name (one request each, not one deletecollection: a server-side
+    collection delete of 10,000 objects outlives the request timeout); already gone is fine."""
+    limit = asyncio.Semaphore(concurrency)
+    async with admin.session(limit=concurrency) as session:
+        async def one(name: str) -> None:
+            async with limit:
+                status, answer = await request(session, "DELETE", f"{admin.url}{vm_path(namespace)}/{name}")
+            if status not in (200, 202, 404):
+                raise RuntimeError(f"deleting {name}: HTTP {status}: {answer.decode(errors='replace')}")
+        await asyncio.gather(*(one(n) for n in names))
+
+
+async def patch_vm_status(session: aiohttp.ClientSession, endpoint: Endpoint, namespace: str, name: str,
+                          body: bytes) -> None:
+    """One merge patch of a VM's status subresource; ``body`` is the JSON document as sent."""
+    status, answer = await request(session, "PATCH", f"{endpoint.url}{vm_path(namespace)}/{name}/status", data=body,
+                                   headers={"Content-Type": "application/merge-patch+json"})
+    if status != 200:
+        raise RuntimeError(f"patching the status of {name}: HTTP {status}: {answer.decode(errors='replace')}")
 
 
 async def list_vms(session: aiohttp.ClientSession, admin: Endpoint, namespace: str) -> dict[str, Any]:

@@ -9,6 +9,10 @@ Both are measured in the same run, in the same process, on the same events:
   When several events of one VM are folded into one patch, the sample is the oldest event's.
 
 So operator / raw compares what the operator adds after delivery with what delivery itself costs.
+
+The drain (``drained``/``drain_s``): one status patch per VM per phase, timed from the phase's first libvirt
+call to the last of them. On the real API that end is the API server's completion of the patch (its audit
+log); on the emulator, which logs no times, the moment the driver saw the count reached (polled, 50 ms).
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ class EventResult:
     events: int = 0
     writes: int = 0
     vms: int = 0
-    seconds: float = 0.0  # first libvirt call to the last status patch, both phases
+    seconds: float = 0.0  # first libvirt call to the last status patch, both phases (seen by polling)
+    drained: int = 0  # status patches the drain counts: one per VM per phase
+    drain_s: float = 0.0  # their time, both phases (audit log timestamps on the real API: see above)
     server_s: list[float] = field(default_factory=list)  # real API: its own time per status patch (audit log)
 
 
@@ -75,6 +81,8 @@ def burst(operator: OperatorThread, api: PhaseApi, conn: libvirt.virConnect, uid
             api.reset_counts()
             listener.forget()
             called: dict[str, float] = {}
+            phase_offset = api.audit_offset()
+            started_wall = time.time()
             started = time.monotonic()
             for dom, uid in zip(doms, uids, strict=True):
                 called[uid] = time.monotonic()
@@ -87,7 +95,8 @@ def burst(operator: OperatorThread, api: PhaseApi, conn: libvirt.virConnect, uid
             # records are only walked once every VM has had its status patched at least once.
             wait_until(lambda: vm_writes(api.requests()) >= len(uids), timeout=timeout,
                        what=f"{len(uids)} status patches after {action}")
-            result.seconds += time.monotonic() - started
+            polled_s = time.monotonic() - started
+            result.seconds += polled_s
             wait_until(lambda: operator.phases()[phase] == len(uids), timeout=timeout,  # noqa: B023
                        what=f"{len(uids)} VMs to show {phase}", interval=0.2)
             operator.wait_idle()
@@ -98,7 +107,20 @@ def burst(operator: OperatorThread, api: PhaseApi, conn: libvirt.virConnect, uid
             result.raw_s += [listener.delivered[(uid, event)] - called[uid] for uid in uids]
             result.events += sum(1 for uid_event in listener.delivered if uid_event[0] in called)
             result.writes += vm_writes(api.requests())
+            result.drained += len(uids)
+            result.drain_s += drain_seconds(api.server_spans(phase_offset, "patch", "virtualmachines/status"),
+                                            started_wall, len(uids), polled_s)
     finally:
         listener.close()
     result.server_s = api.server_seconds(since, "patch", "virtualmachines/status")
     return result
+
+
+def drain_seconds(spans: Sequence[tuple[float, float]], started: float, patches: int, fallback: float) -> float:
+    """From ``started`` (wall clock) to the completion of the ``patches``-th status patch the API server
+    logged (``spans``: (received, completed) wall-clock times); ``fallback`` when it logged fewer (the
+    emulator logs none)."""
+    completed = sorted(done for _received, done in spans)
+    if patches <= 0 or len(completed) < patches:
+        return fallback
+    return completed[patches - 1] - started

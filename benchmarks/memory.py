@@ -20,6 +20,7 @@ from benchmarks.common import (
     metric_value,
     phase_counts,
     proc_status_kib,
+    sample_rss_mib,
     scratch_dir,
     settle,
     vm_writes,
@@ -58,16 +59,9 @@ def run(count: int, apis: ApiChoice, *, timeout: float = 900.0) -> MemoryResult:
                        interval=0.5, what=f"{count} VMs Running in the operator process")
             create_s = time.monotonic() - started
             writes = settle(lambda: vm_writes(api.requests()), quiet=3.0, timeout=120.0)
-            rss = max(_sample_rss(pid, samples=5, interval=0.4))
+            rss = sample_rss_mib(pid)
             return MemoryResult(count, rss, proc_status_kib(pid, "VmHWM") / 1024, empty, create_s, writes / count,
                                 metric_value(operator.metrics(), "libvirt_operator_event_loop_lag_max_seconds"))
         finally:
             operator.stop()
 
-
-def _sample_rss(pid: int, *, samples: int, interval: float) -> list[float]:
-    values = []
-    for _ in range(samples):
-        values.append(proc_status_kib(pid, "VmRSS") / 1024)
-        time.sleep(interval)
-    return values

@@ -1,9 +1,10 @@
 """Scale on test:///default, in this process: many VMs, the event burst, then a restart of the operator.
 
 1. the first operator instance creates ``count`` VMs (domains defined and started by the operator itself);
-2. the event burst over all of them (events.py);
-3. the first instance stops; a second one starts in the same process and finds ``count`` owned domains:
-   start-up reconciliation is the time from starting it to ready (every VM reconciled once).
+2. the event burst over all of them (events.py), then the same at a paced rate;
+3. the first instance stops; the API server's raw status-patch throughput on the same VMs (raw_patches.py);
+4. a second instance starts in the same process and finds ``count`` owned domains: start-up
+   reconciliation is the time from starting it to ready (every VM reconciled once).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from benchmarks.apis import ApiChoice, process_env
 from benchmarks.common import create_vms, scratch_dir, vm_writes, wait_until
 from benchmarks.events import EventResult, burst
 from benchmarks.inprocess import OperatorThread, open_test_driver, remove_test_domains, test_settings
+from benchmarks.raw_patches import RawPatchResult
+from benchmarks.raw_patches import run as raw_patches
 from testbed import vm_manifest
 
 
@@ -32,6 +35,8 @@ class ScaleResult:
     startup_domains: int
     startup_writes: int
     loop_lag_max_s: dict[str, float]
+    raw_patches: RawPatchResult  # the API server alone, same VMs, connections and payload size as the burst's
+    burst_patch_bytes: float | None  # real API: the mean body of the VM patches it received during the burst
 
 
 def run(count: int, apis: ApiChoice, *, paced_interval: float | None = None, timeout: float = 900.0) -> ScaleResult:
@@ -58,10 +63,14 @@ def run(count: int, apis: ApiChoice, *, paced_interval: float | None = None, tim
             first.wait_idle()
             writes_per_create = vm_writes(api.requests()) / count
 
+            bytes_before = api.request_bytes("patch")
             burst_result = burst(first, api, conn, uids)
+            bytes_after = api.request_bytes("patch")
             paced = burst(first, api, conn, uids, interval=paced_interval) if paced_interval else None
             lag = {"scale_first_instance": first.loop_lag_max()}
             first.stop()
+            # With the operator stopped, so that it neither reacts to these patches nor shares the process.
+            raw = raw_patches(api, [str(m["metadata"]["name"]) for m in manifests], concurrency=settings.workers)
 
             owned = sum(1 for dom in conn.listAllDomains(0) if dom.name() != "test")
             api.reset_counts()
@@ -79,7 +88,7 @@ def run(count: int, apis: ApiChoice, *, paced_interval: float | None = None, tim
             startup_writes = vm_writes(api.requests())
             lag["scale_second_instance"] = second.loop_lag_max()
             return ScaleResult(count, create_s, writes_per_create, burst_result, paced, startup_s, startup_runtime_s,
-                               owned, startup_writes, lag)
+                               owned, startup_writes, lag, raw, mean_request_bytes(bytes_before, bytes_after))
         finally:
             for instance in (first, second):
                 if instance is not None:
@@ -89,3 +98,11 @@ def run(count: int, apis: ApiChoice, *, paced_interval: float | None = None, tim
                         print(f"warning: {exc}")
             remove_test_domains(conn)
             conn.close()
+
+
+def mean_request_bytes(before: tuple[float, float] | None, after: tuple[float, float] | None) -> float | None:
+    """The mean body size of the requests between two (sum, count) readings; None without two readings or
+    without a request between them."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])

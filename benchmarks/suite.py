@@ -3,7 +3,9 @@
 1. creation.py: real QEMU guests created 100 ms apart (processes, qemu:///system);
 2. scale.py: many VMs on test:///default in this process: the event burst (events.py), then start-up
    reconciliation by a second operator instance;
-3. memory.py: the operator as its own process on test:///default with many VMs, idle: its RSS.
+3. memory.py: the operator as its own process on test:///default with many VMs, idle: its RSS;
+4. foreign.py: the same process with VMs of its node, then also many VMs of other nodes under status churn:
+   its CPU and RSS with them over without them.
 
 Every scenario talks to the API `--api` names (apis.py): the real control plane of hack/cluster.sh (started
 if it is not running; request counts from its audit log, the operator's user only), or the project's API
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import libvirt
 
-from benchmarks import creation, memory, report, scale
+from benchmarks import creation, foreign, memory, report, scale
 from benchmarks.apis import KINDS, ApiChoice
 from benchmarks.common import REPO, ensure_libvirtd, percentile
 
@@ -37,11 +39,19 @@ class Sizes:
     created: int  # real QEMU guests
     scale: int  # VMs on test:///default for the event burst and the start-up
     rss: int  # VMs held by the operator process whose memory is read
+    foreign: int  # VMs of other nodes beside the foreign run's operator
+    foreign_own: int  # VMs of its own node
+    # Each phase of the foreign run: long enough for its periodic work (Lease renewal every 5 s, Node
+    # heartbeat, gauges every 5 s) to come round several times alike in both, and for CPU ticks of 10 ms
+    # to be fine against its idle use (about 1% of a core: 0.2 s in 20 s).
+    foreign_seconds: float
     paced_interval: float = 0.005  # seconds between calls of the paced event run (200 events/s)
+    churn_per_s: float = 200.0  # status changes per second on the foreign VMs
 
 
-FULL = Sizes(created=100, scale=1000, rss=1000)
-QUICK = Sizes(created=10, scale=200, rss=200)
+FULL = Sizes(created=100, scale=1000, rss=1000, foreign=10000, foreign_own=100, foreign_seconds=60.0)
+QUICK = Sizes(created=10, scale=200, rss=200, foreign=1000, foreign_own=20, foreign_seconds=20.0)
+SIZE_FLAGS = ("created", "scale", "rss", "foreign", "foreign_own", "foreign_seconds")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,11 +68,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="--api real on a control plane of the run's own (.local/cluster-bench, port 16444), "
                              "not the one tests share: no test stops or loads it mid-run")
     for field, what in (("created", "real QEMU guests"), ("scale", "VMs of the event burst and the start-up"),
-                        ("rss", "VMs of the memory run")):
+                        ("rss", "VMs of the memory run"), ("foreign", "other nodes' VMs of the foreign run"),
+                        ("foreign-own", "own VMs of the foreign run")):
         parser.add_argument(f"--{field}", type=int, metavar="N", help=f"override the number of {what}")
+    parser.add_argument("--foreign-seconds", type=float, metavar="S",
+                        help="override the length of each measured phase of the foreign run")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
-    sizes = replace(sizes, **{f: getattr(args, f) for f in ("created", "scale", "rss") if getattr(args, f)})
+    sizes = replace(sizes, **{f: getattr(args, f) for f in SIZE_FLAGS if getattr(args, f)})
     output: Path = args.output
     output.parent.mkdir(parents=True, exist_ok=True)
     # The in-process operator logs through the root logger: to a file, not over the summary.
@@ -87,16 +100,23 @@ def _run(args: argparse.Namespace, sizes: Sizes, output: Path, apis: ApiChoice) 
     load_start = os.getloadavg()[0]
     if load_start > 1.0:
         print(f"warning: load average {load_start:.1f} before the run: other work disturbs the numbers", flush=True)
-    print(f"[1/3] creation: {sizes.created} real QEMU guests, 100 ms apart", flush=True)
+    print(f"[1/4] creation: {sizes.created} real QEMU guests, 100 ms apart", flush=True)
     created = creation.run(sizes.created, apis)
-    print(f"[2/3] scale: {sizes.scale} VMs on test:///default: event burst, paced events, restart", flush=True)
+    print(f"[2/4] scale: {sizes.scale} VMs on test:///default: event burst, paced events, raw patches, restart",
+          flush=True)
     scaled = scale.run(sizes.scale, apis, paced_interval=sizes.paced_interval)
-    print(f"[3/3] memory: operator process with {sizes.rss} VMs", flush=True)
+    print(f"[3/4] memory: operator process with {sizes.rss} VMs", flush=True)
     mem = memory.run(sizes.rss, apis)
+    print(f"[4/4] foreign: operator process with {sizes.foreign_own} VMs, then {sizes.foreign} of other nodes "
+          f"churning at {sizes.churn_per_s:.0f}/s ({sizes.foreign_seconds:.0f} s each)", flush=True)
+    far = foreign.run(sizes.foreign_own, sizes.foreign, apis, interval=sizes.foreign_seconds,
+                      churn_per_s=sizes.churn_per_s)
 
-    burst, paced = scaled.burst, scaled.paced
+    burst, paced, raw = scaled.burst, scaled.paced, scaled.raw_patches
     assert paced is not None
-    lags = {"creation": created.loop_lag_max_s, "memory": mem.loop_lag_max_s, **scaled.loop_lag_max_s}
+    drain_per_s = burst.drained / burst.drain_s
+    lags = {"creation": created.loop_lag_max_s, "memory": mem.loop_lag_max_s, "foreign": far.loop_lag_max_s,
+            **scaled.loop_lag_max_s}
     ms = 1000.0
     results: dict[str, float] = {
         "creation_to_running_p50_s": percentile(created.latencies_s, 50),
@@ -136,8 +156,36 @@ def _run(args: argparse.Namespace, sizes: Sizes, output: Path, apis: ApiChoice) 
         "rss_peak_mib": mem.peak_rss_mib,
         "rss_empty_mib": mem.empty_rss_mib,
         "operator_rss_mib_after_creation": created.operator_rss_mib,
+        # The burst's drain against the API server alone (scale.py, raw_patches.py).
+        "status_drain_per_s": drain_per_s,
+        "status_drain_patches": burst.drained,
+        "status_drain_s": burst.drain_s,
+        "patch_throughput_raw_per_s": raw.per_s,
+        "patch_throughput_raw_concurrency": raw.concurrency,
+        "status_patch_bytes": raw.mean_bytes,
+        **({"status_patch_bytes_operator": scaled.burst_patch_bytes} if scaled.burst_patch_bytes else {}),
+        "status_drain_over_raw": drain_per_s / raw.per_s,
+        # Per-node cost against cluster size (foreign.py).
+        "foreign_rss_ratio": far.rss_ratio,
+        "foreign_cpu_ratio": far.cpu_ratio,
+        "foreign_rss_mib_without": far.rss_mib_without,
+        "foreign_rss_mib_with": far.rss_mib_with,
+        "foreign_cpu_s_without": far.cpu_s_without,
+        "foreign_cpu_s_with": far.cpu_s_with,
+        "foreign_interval_s": far.interval_s,
+        "foreign_interval_s_with": far.interval_s_with,
+        "foreign_vms": far.foreign_vms,
+        "foreign_nodes": far.foreign_nodes,
+        "foreign_own_vms": far.own_vms,
+        "foreign_churn_per_s": far.churn_per_s,
+        "foreign_churn_patches": far.churn_patches,
+        "foreign_watch_events_other": far.watch_events_other,
+        "foreign_watch_events": far.watch_events_total,
+        "foreign_create_s": far.create_s,
+        "foreign_create_operator_cpu_s": far.create_cpu_s,
+        "foreign_delete_s": far.delete_s,
         # Operator processes only: the in-process instances share the GIL with this driver (docs/benchmarks.md).
-        "loop_lag_max_ms": max(lags["creation"], lags["memory"]) * ms,
+        "loop_lag_max_ms": max(lags["creation"], lags["memory"], lags["foreign"]) * ms,
         **{f"loop_lag_max_ms_{name}": value * ms for name, value in lags.items()},
         "cpu_count": os.cpu_count() or 0,
         "kvm": 1 if created.domain_type == "kvm" else 0,

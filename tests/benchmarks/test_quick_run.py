@@ -24,6 +24,8 @@ KEYS = (
     "startup_reconcile_s", "startup_reconcile_domains",
     "rss_mib", "rss_vms",
     "loop_lag_max_ms",
+    "foreign_rss_ratio", "foreign_cpu_ratio", "foreign_vms",
+    "patch_throughput_raw_per_s", "status_drain_per_s", "status_drain_over_raw",
 )
 
 
@@ -48,5 +50,6 @@ def test_a_quick_run_writes_every_key_as_a_number_and_a_plot(tmp_path: Path, req
     assert results.pop("api") == API_KIND
     assert all(isinstance(v, int | float) for v in results.values()), "every value but the API's name is a number"
     assert results["vms_created"] > 0 and results["vms_for_events"] > 0 and results["rss_vms"] > 0
+    assert results["foreign_vms"] > 0 and results["patch_throughput_raw_per_s"] > 0
     assert output.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "event to status p99" in run.stdout  # the human summary, with a verdict per target

@@ -3,8 +3,9 @@
 Not part of `benchmarks/run`: it measures one design choice. The operator writes statuses through the
 official client's asyncio flavour on its loop (it used the blocking client in a thread pool until
 2026-12-01); in an event burst over many VMs every VM needs its own patch, so this rate bounds how fast a
-burst drains, and plain aiohttp with the same number of connections is the floor of what a client costs. Both clients use the operator's kubeconfig (on the real API its
-ServiceAccount token, straight to the API server as in production); the VMs are created with the admin's.
+burst drains, and plain aiohttp with the same number of connections is the floor of what a client costs.
+Both clients use the operator's kubeconfig (on the real API its ServiceAccount token, straight to the API
+server as in production); the VMs are created with the admin's.
 Run: `PYTHONPATH=.:operator .venv/bin/python -m benchmarks.patch_throughput [N] [--api real|emulator]`.
 """
 

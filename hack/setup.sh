@@ -14,7 +14,7 @@ STAMP="$VENV/.setup-pyproject.sha256"
 # Debian 12 and Ubuntu names. Optional ones are installed only where the distribution has them
 # (e.g. the QEMU driver is a separate package on Debian 12 but may be part of libvirt-daemon elsewhere).
 REQUIRED_PKGS=(libvirt-daemon libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
-               qemu-system-x86 qemu-utils gcc python3-venv python3-dev
+               qemu-system-x86 qemu-utils genisoimage gcc python3-venv python3-dev
                openssl curl iproute2 containerd runc containernetworking-plugins)
 OPTIONAL_PKGS=(libvirt-daemon-driver-qemu)
 

@@ -229,6 +229,28 @@ def test_existing_service_account_is_used_when_not_created(helm: Helm) -> None:
     assert "serviceAccount.name is required" in helm.template_error({"serviceAccount": {"create": False}})
 
 
+def test_secrets_are_readable_only_in_the_listed_namespaces_and_only_with_get(helm: Helm) -> None:
+    # The default: no Secret access at all (inline spec.cloudInit.userData needs none).
+    assert not any(r == "secrets" for role in helm.template().all("ClusterRole") + helm.template().all("Role")
+                   for _g, r, _v in rules(role))
+    rendered = helm.template({"cloudInit": {"secretNamespaces": ["team-a", "team-b"], "secretNames": ["seed"]}})
+    secret_roles = [r for r in rendered.all("Role") if r["metadata"]["name"].endswith("-cloud-init-secrets")]
+    assert sorted(r["metadata"]["namespace"] for r in secret_roles) == ["team-a", "team-b"]
+    for role in secret_roles:
+        assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
+                                  "resourceNames": ["seed"]}]
+    account = rendered.one("ServiceAccount")["metadata"]
+    bindings = [b for b in rendered.all("RoleBinding") if b["metadata"]["name"].endswith("-cloud-init-secrets")]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    for binding in bindings:
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["name"],
+                                        "namespace": account["namespace"]}]
+    # Any Secret of those namespaces when no names are given; never list or watch.
+    rendered = helm.template({"cloudInit": {"secretNamespaces": ["team-a"]}})
+    role = next(r for r in rendered.all("Role") if r["metadata"]["name"].endswith("-cloud-init-secrets"))
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+
+
 def test_rbac_can_be_left_to_the_cluster_admin(helm: Helm) -> None:
     kinds = helm.template({"rbac": {"create": False}}).kinds()
     assert not {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"} & set(kinds)

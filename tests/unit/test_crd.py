@@ -20,8 +20,11 @@ from libvirt_operator.api.spec import (
     DNS1123_LABEL,
     DNS1123_SUBDOMAIN,
     FILE_NAME,
+    MIN_HOST_PORT,
     MODELS,
+    PROTOCOLS,
     RUN_STRATEGIES,
+    SSH_PUBLIC_KEY,
     UNICAST_MAC,
     SpecError,
     parse_spec,
@@ -182,7 +185,7 @@ def test_status_is_structural_and_complete(schema: dict[str, Any]) -> None:
     assert set(status["properties"]) == {
         "phase", "powerState", "reason", "message", "domainName", "domainUUID", "nodeName",
         "observedGeneration", "conditions", "lastEvent", "disks", "startedAt", "stoppedAt", "restarts",
-        "observedRetry",
+        "observedRetry", "interfaces", "guestOS", "consoleLog",
     }
     assert status["properties"]["phase"]["enum"] == [p.value for p in Phase]
     assert status["properties"]["powerState"]["enum"] == [p.value for p in PowerState]
@@ -203,6 +206,13 @@ def test_schema_patterns_and_enums_are_the_parsers(schema: dict[str, Any]) -> No
     assert disk["name"]["pattern"] == nic["name"]["pattern"] == f"^{DNS1123_LABEL}$"
     assert disk["image"]["pattern"] == nic["network"]["pattern"] == nic["bridge"]["pattern"] == f"^{FILE_NAME}$"
     assert nic["macAddress"]["pattern"] == f"^{UNICAST_MAC}$"
+    assert spec["sshAuthorizedKeys"]["items"]["pattern"] == f"^{SSH_PUBLIC_KEY}$"
+    assert spec["cloudInit"]["properties"]["secretRef"]["properties"]["name"]["pattern"] == f"^{DNS1123_SUBDOMAIN}$"
+    assert spec["boot"]["properties"]["kernel"]["pattern"] == spec["boot"]["properties"]["initrd"]["pattern"] == (
+        f"^{FILE_NAME}$")
+    forward = nic["user"]["properties"]["portForwards"]["items"]["properties"]
+    assert forward["protocol"]["enum"] == list(PROTOCOLS)
+    assert forward["hostPort"]["minimum"] == MIN_HOST_PORT
     assert spec["memory"]["pattern"] == disk["size"]["pattern"] == QUANTITY_PATTERN
     assert spec["runStrategy"]["enum"] == list(RUN_STRATEGIES)
     assert disk["bus"]["enum"] == list(BUSES)
@@ -276,7 +286,8 @@ def prune(node: dict[str, Any], value: Any) -> Any:
 # quantity given as a string), and unknown fields (which the API server prunes rather than refuses).
 NODE_ONLY = {
     "cores beyond node", "memory beyond node", "size beyond node", "memory too small", "size below minimum",
-    "unknown disk field", "unknown spec field", "unknown cpu field",
+    "unknown disk field", "unknown spec field", "unknown cpu field", "secretRef with inline data",
+    "unknown cloudInit field",
 }
 
 

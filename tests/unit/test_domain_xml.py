@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from libvirt_operator.api.constants import XML_NAMESPACE, XML_PREFIX
 from libvirt_operator.api.spec import DiskSpec, InterfaceSpec, SpecError, VMSpec, parse_spec
 from libvirt_operator.hypervisor.domain_xml import (
+    QEMU_NAMESPACE,
     Owner,
     build_domain_xml,
     domain_name,
@@ -25,6 +26,7 @@ from libvirt_operator.hypervisor.domain_xml import (
 )
 
 NS = f"{{{XML_NAMESPACE}}}"
+QEMU = f"{{{QEMU_NAMESPACE}}}"
 STORAGE = Path("/var/lib/libvirt-operator-test/disks")
 IMAGES = Path("/var/lib/libvirt-operator-test/images")
 
@@ -46,6 +48,9 @@ ALLOWED: dict[str, frozenset[str]] = {
         "domain/os": set(),
         "domain/os/type": {"arch", "machine"},
         "domain/os/boot": {"dev"},
+        "domain/os/kernel": set(),
+        "domain/os/initrd": set(),
+        "domain/os/cmdline": set(),
         "domain/features": set(),
         "domain/features/acpi": set(),
         "domain/features/apic": set(),
@@ -59,6 +64,7 @@ ALLOWED: dict[str, frozenset[str]] = {
         "domain/devices/disk/driver": {"name", "type"},
         "domain/devices/disk/source": {"file"},
         "domain/devices/disk/target": {"dev", "bus"},
+        "domain/devices/disk/readonly": set(),
         "domain/devices/controller": {"type", "index", "model"},
         "domain/devices/interface": {"type"},
         "domain/devices/interface/source": {"network", "bridge"},
@@ -66,15 +72,20 @@ ALLOWED: dict[str, frozenset[str]] = {
         "domain/devices/interface/model": {"type"},
         "domain/devices/serial": {"type"},
         "domain/devices/serial/target": {"port"},
+        "domain/devices/serial/log": {"file", "append"},
+        "domain/devices/channel": {"type"},
+        "domain/devices/channel/target": {"type", "name"},
         "domain/devices/console": {"type"},
         "domain/devices/console/target": {"type", "port"},
         "domain/devices/panic": {"model"},
+        f"domain/{QEMU}commandline": set(),
+        f"domain/{QEMU}commandline/{QEMU}arg": {"value"},
     }.items()
 }
 # Elements whose text the builder sets; every other element holds only whitespace.
 WITH_TEXT = {"domain/name", "domain/uuid", "domain/memory", "domain/currentMemory", "domain/vcpu",
              "domain/os/type", "domain/on_poweroff", "domain/on_reboot", "domain/on_crash",
-             "domain/devices/emulator"}
+             "domain/devices/emulator", "domain/os/kernel", "domain/os/initrd", "domain/os/cmdline"}
 
 
 def assert_only_intended(xml: str, owner: Owner, spec: VMSpec, allowed_dirs: list[Path]) -> None:
@@ -100,14 +111,15 @@ def assert_only_intended(xml: str, owner: Owner, spec: VMSpec, allowed_dirs: lis
     assert owner_el is not None
     assert dict(owner_el.attrib) == {"namespace": owner.namespace, "name": owner.name,
                                      "uid": owner.uid.lower(), "node": owner.node}
-    disks = root.findall("devices/disk")
+    disks = root.findall("devices/disk[@device='disk']")
     assert [d.get("type") for d in disks] == ["file"] * len(spec.disks)
     for element in disks:
         source = Path(element.find("source").get("file", ""))  # type: ignore[union-attr]
         assert any(source.is_relative_to(d) for d in allowed_dirs)
     nics = root.findall("devices/interface")
-    assert len(nics) == len(spec.interfaces)
-    for nic, element in zip(spec.interfaces, nics, strict=True):
+    libvirt_nics = [nic for nic in spec.interfaces if not nic.user]
+    assert len(nics) == len(libvirt_nics)
+    for nic, element in zip(libvirt_nics, nics, strict=True):
         source_el = element.find("source")
         assert source_el is not None
         if nic.network is not None:

@@ -31,11 +31,23 @@ FULL: dict[str, Any] = {
         {"name": "nic1", "bridge": "br0"},
     ],
 }
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7x+/abc= user@host"
+# FULL with every guest feature (cloud-init, keys, kernel boot, user-mode networking, grace period).
+GUEST: dict[str, Any] = {
+    **FULL,
+    "interfaces": [*FULL["interfaces"],
+                   {"name": "ssh", "user": {"portForwards": [{"port": 22, "hostPort": 2222},
+                                                             {"port": 53, "hostPort": 5353, "protocol": "UDP"}]}}],
+    "cloudInit": {"userData": "#cloud-config\nruncmd: [touch /x]\n", "networkData": "version: 2\n"},
+    "sshAuthorizedKeys": [KEY],
+    "boot": {"kernel": "vmlinuz", "initrd": "initrd.img", "cmdline": "root=/dev/vda rw console=ttyS0"},
+    "terminationGracePeriodSeconds": 30,
+}
 
 
 def with_change(path: str, value: Any) -> dict[str, Any]:
-    """FULL with one field set (``value`` ...) or removed (``DELETE``); path like ``disks.0.image``."""
-    spec = copy.deepcopy(FULL)
+    """GUEST with one field set (``value`` ...) or removed (``DELETE``); path like ``disks.0.image``."""
+    spec = copy.deepcopy(GUEST)
     parts = path.split(".")
     target: Any = spec
     for part in parts[:-1]:
@@ -84,7 +96,12 @@ def test_explicit_nulls_mean_defaults() -> None:
 
 
 def test_hardware_changes_with_disks_but_not_with_run_strategy_or_pause() -> None:
-    base = parse_spec(FULL)
+    base = parse_spec(GUEST)
+    # cloud-init data reaches the guest through the seed (rebuilt, RestartRequired), not the domain.
+    assert parse_spec(with_change("cloudInit.userData", "#cloud-config\n")).hardware() == base.hardware()
+    assert parse_spec(with_change("terminationGracePeriodSeconds", 5)).hardware() == base.hardware()
+    assert parse_spec(with_change("boot.cmdline", "quiet")).hardware() != base.hardware()
+    assert parse_spec(with_change("interfaces.2.user.portForwards.0.hostPort", 2223)).hardware() != base.hardware()
     assert parse_spec(with_change("runStrategy", "Halted")).hardware() == base.hardware()
     assert parse_spec(with_change("paused", False)).hardware() == base.hardware()
     assert parse_spec(with_change("disks.1.size", "2Mi")).hardware() != base.hardware()
@@ -163,6 +180,38 @@ BAD: list[tuple[str, str, Any, str]] = [
     ("mac read by yaml as number", "interfaces.0.macAddress", 2788550209756, "spec.interfaces[0].macAddress"),
     ("mac with trailing newline", "interfaces.0.macAddress", "52:54:00:12:34:56\n",
      "spec.interfaces[0].macAddress"),
+    ("network and user", "interfaces.2.network", "default", "spec.interfaces[2]"),
+    ("user not an object", "interfaces.2.user", "slirp", "spec.interfaces[2].user"),
+    ("forward without host port", "interfaces.2.user.portForwards.0.hostPort", DELETE,
+     "spec.interfaces[2].user.portForwards[0].hostPort"),
+    ("privileged host port", "interfaces.2.user.portForwards.0.hostPort", 22,
+     "spec.interfaces[2].user.portForwards[0].hostPort"),
+    ("host port too big", "interfaces.2.user.portForwards.0.hostPort", 70000,
+     "spec.interfaces[2].user.portForwards[0].hostPort"),
+    ("guest port zero", "interfaces.2.user.portForwards.0.port", 0, "spec.interfaces[2].user.portForwards[0].port"),
+    ("guest port as string", "interfaces.2.user.portForwards.0.port", "22",
+     "spec.interfaces[2].user.portForwards[0].port"),
+    ("unknown protocol", "interfaces.2.user.portForwards.1.protocol", "SCTP",
+     "spec.interfaces[2].user.portForwards[1].protocol"),
+    ("cloudInit not an object", "cloudInit", "#cloud-config", "spec.cloudInit"),
+    ("userData not a string", "cloudInit.userData", {"runcmd": []}, "spec.cloudInit.userData"),
+    ("userData too large", "cloudInit.userData", "#" * 262145, "spec.cloudInit.userData"),
+    ("secretRef with inline data", "cloudInit.secretRef", {"name": "seed"}, "spec.cloudInit.secretRef"),
+    ("secret name with capitals", "cloudInit", {"secretRef": {"name": "Seed"}}, "spec.cloudInit.secretRef.name"),
+    ("secret without name", "cloudInit", {"secretRef": {}}, "spec.cloudInit.secretRef.name"),
+    ("unknown cloudInit field", "cloudInit.vendorData", "x", "spec.cloudInit.vendorData"),
+    ("keys not a list", "sshAuthorizedKeys", KEY, "spec.sshAuthorizedKeys"),
+    ("key not a key", "sshAuthorizedKeys.0", "hello", "spec.sshAuthorizedKeys[0]"),
+    ("key with options", "sshAuthorizedKeys.0", 'command="/bin/sh" ' + KEY, "spec.sshAuthorizedKeys[0]"),
+    ("two keys in one line", "sshAuthorizedKeys.0", KEY + "\n" + KEY, "spec.sshAuthorizedKeys[0]"),
+    ("boot without kernel", "boot.kernel", DELETE, "spec.boot.kernel"),
+    ("kernel path", "boot.kernel", "/boot/vmlinuz", "spec.boot.kernel"),
+    ("kernel traversal", "boot.kernel", "../vmlinuz", "spec.boot.kernel"),
+    ("initrd hidden", "boot.initrd", ".initrd", "spec.boot.initrd"),
+    ("cmdline too long", "boot.cmdline", "a" * 4097, "spec.boot.cmdline"),
+    ("negative grace", "terminationGracePeriodSeconds", -1, "spec.terminationGracePeriodSeconds"),
+    ("grace too long", "terminationGracePeriodSeconds", 3601, "spec.terminationGracePeriodSeconds"),
+    ("grace as string", "terminationGracePeriodSeconds", "30", "spec.terminationGracePeriodSeconds"),
 ]
 
 

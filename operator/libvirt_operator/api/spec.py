@@ -19,9 +19,12 @@ __all__ = [
     "BUSES",
     "MODELS",
     "RUN_STRATEGIES",
+    "BootSpec",
+    "CloudInitSpec",
     "DiskSpec",
     "InterfaceSpec",
     "Limits",
+    "PortForward",
     "SpecError",
     "VMSpec",
     "parse_spec",
@@ -50,11 +53,31 @@ SCHEMA_MAX_INTERFACES = 8
 MAX_IMAGE_LENGTH = 255
 MAX_NETWORK_LENGTH = 64
 MAX_BRIDGE_LENGTH = 15  # IFNAMSIZ - 1
+# cloud-init data lives in the VM object (etcd's limit is 1.5 MB per object): 256 KiB each is plenty for a
+# cloud-config and keeps a status message or a seed from growing without bound.
+MAX_CLOUD_INIT_BYTES = 262144
+MAX_SSH_KEYS = 32
+MAX_SSH_KEY_LENGTH = 16384
+MAX_CMDLINE_LENGTH = 4096
+MAX_GRACE_SECONDS = 3600
+MAX_PORT_FORWARDS = 16
+MIN_HOST_PORT = 1024  # a guest never takes a privileged port of the node
+PROTOCOLS = ("TCP", "UDP")
+# An OpenSSH public key line: type, base64 blob, optional comment; one line, no options before the type.
+SSH_PUBLIC_KEY = r"(ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+|sk-[a-z0-9@.-]+) [A-Za-z0-9+/]+={0,3}( [^\r\n]*)?"
 
-_SPEC_FIELDS = frozenset({"nodeName", "runStrategy", "paused", "cpu", "memory", "disks", "interfaces"})
+_SPEC_FIELDS = frozenset({"nodeName", "runStrategy", "paused", "cpu", "memory", "disks", "interfaces",
+                          "cloudInit", "sshAuthorizedKeys", "boot", "terminationGracePeriodSeconds"})
 _CPU_FIELDS = frozenset({"cores"})
 _DISK_FIELDS = frozenset({"name", "image", "size", "bus"})
-_INTERFACE_FIELDS = frozenset({"name", "network", "bridge", "model", "macAddress"})
+_INTERFACE_FIELDS = frozenset({"name", "network", "bridge", "user", "model", "macAddress"})
+_USER_FIELDS = frozenset({"portForwards"})
+_FORWARD_FIELDS = frozenset({"port", "hostPort", "protocol"})
+_CLOUD_INIT_FIELDS = frozenset({"userData", "networkData", "secretRef"})
+_SECRET_REF_FIELDS = frozenset({"name"})
+_BOOT_FIELDS = frozenset({"kernel", "initrd", "cmdline"})
+_SSH_KEY = re.compile(SSH_PUBLIC_KEY)
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -77,12 +100,42 @@ class DiskSpec:
 
 
 @dataclass(frozen=True)
+class PortForward:
+    """A port of 127.0.0.1 on the node forwarded to the guest (user-mode networking)."""
+
+    host_port: int
+    port: int  # the guest's
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True)
 class InterfaceSpec:
     name: str
     network: str | None
     bridge: str | None
     model: str
     mac_address: str | None  # lower-case when set
+    # User-mode networking (QEMU's own, no host device): the guest gets DHCP and these forwards, nothing else.
+    user: bool = False
+    port_forwards: tuple[PortForward, ...] = ()
+
+
+@dataclass(frozen=True)
+class CloudInitSpec:
+    """NoCloud data: inline, or the keys userdata/networkdata of a Secret in the VM's namespace."""
+
+    user_data: str | None = None
+    network_data: str | None = None
+    secret_name: str | None = None
+
+
+@dataclass(frozen=True)
+class BootSpec:
+    """Direct kernel boot from files in the node's image directory."""
+
+    kernel: str
+    initrd: str | None = None
+    cmdline: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,10 +147,19 @@ class VMSpec:
     memory_bytes: int
     disks: tuple[DiskSpec, ...]
     interfaces: tuple[InterfaceSpec, ...]
+    cloud_init: CloudInitSpec | None = None
+    ssh_authorized_keys: tuple[str, ...] = ()
+    boot: BootSpec | None = None
+    termination_grace_seconds: int | None = None  # None: the operator's --shutdown-timeout
+
+    @property
+    def wants_seed(self) -> bool:
+        """Whether the guest gets a NoCloud seed (cloud-init data or SSH keys to hand over)."""
+        return self.cloud_init is not None or bool(self.ssh_authorized_keys)
 
     def hardware(self) -> tuple[object, ...]:
         """What only a domain redefinition (and a restart) can change; compare to detect RestartRequired."""
-        return (self.cores, self.memory_bytes, self.disks, self.interfaces)
+        return (self.cores, self.memory_bytes, self.disks, self.interfaces, self.boot, self.wants_seed)
 
 
 def parse_spec(spec: Mapping[str, Any], limits: Limits = Limits()) -> VMSpec:
@@ -119,6 +181,16 @@ def parse_spec(spec: Mapping[str, Any], limits: Limits = Limits()) -> VMSpec:
     memory = _parse_memory(spec, limits)
     disks = _parse_disks(spec, limits)
     interfaces = _parse_interfaces(spec, limits)
+    cloud_init = _parse_cloud_init(spec)
+    keys = _parse_ssh_keys(spec)
+    boot = _parse_boot(spec)
+    grace = _optional(spec, "terminationGracePeriodSeconds", None)
+    if grace is not None:
+        field = "spec.terminationGracePeriodSeconds"
+        if isinstance(grace, bool) or not isinstance(grace, int):
+            raise SpecError(field, f"must be an integer number of seconds, not {_show(grace)}")
+        if not 0 <= grace <= MAX_GRACE_SECONDS:
+            raise SpecError(field, f"must be between 0 and {MAX_GRACE_SECONDS}, got {grace}")
     return VMSpec(
         node_name=node_name,
         run_strategy=run_strategy,
@@ -127,7 +199,87 @@ def parse_spec(spec: Mapping[str, Any], limits: Limits = Limits()) -> VMSpec:
         memory_bytes=memory,
         disks=disks,
         interfaces=interfaces,
+        cloud_init=cloud_init,
+        ssh_authorized_keys=keys,
+        boot=boot,
+        termination_grace_seconds=grace,
     )
+
+
+def _parse_cloud_init(spec: Mapping[str, Any]) -> CloudInitSpec | None:
+    value = spec.get("cloudInit")
+    if value is None:
+        return None
+    path = "spec.cloudInit"
+    if not isinstance(value, Mapping):
+        raise SpecError(path, f"must be an object, not {_type_name(value)}")
+    _no_unknown_fields(value, _CLOUD_INIT_FIELDS, path)
+    texts: dict[str, str | None] = {}
+    for key in ("userData", "networkData"):
+        text = value.get(key)
+        if text is not None:
+            if not isinstance(text, str):
+                raise SpecError(f"{path}.{key}", f"must be a string, not {_type_name(text)}")
+            if len(text.encode("utf-8", "surrogatepass")) > MAX_CLOUD_INIT_BYTES:
+                raise SpecError(f"{path}.{key}", f"must be at most {MAX_CLOUD_INIT_BYTES} bytes")
+        texts[key] = text
+    secret_name: str | None = None
+    ref = value.get("secretRef")
+    if ref is not None:
+        if not isinstance(ref, Mapping):
+            raise SpecError(f"{path}.secretRef", f"must be an object such as {{name: my-user-data}}, not "
+                                                 f"{_type_name(ref)}")
+        _no_unknown_fields(ref, _SECRET_REF_FIELDS, f"{path}.secretRef")
+        secret_name = _required_str(ref, "name", f"{path}.secretRef.name")
+        _check_pattern(secret_name, _SUBDOMAIN, 253, f"{path}.secretRef.name", "a Secret name (DNS-1123 subdomain)")
+        if texts["userData"] is not None or texts["networkData"] is not None:
+            raise SpecError(f"{path}.secretRef", "cannot be combined with userData or networkData: the Secret's "
+                                                 "keys userdata and networkdata hold them")
+    return CloudInitSpec(user_data=texts["userData"], network_data=texts["networkData"], secret_name=secret_name)
+
+
+def _parse_ssh_keys(spec: Mapping[str, Any]) -> tuple[str, ...]:
+    items = _optional_list(spec, "sshAuthorizedKeys", "spec.sshAuthorizedKeys")
+    if len(items) > MAX_SSH_KEYS:
+        raise SpecError("spec.sshAuthorizedKeys", f"has {len(items)} keys; at most {MAX_SSH_KEYS} are allowed")
+    keys: list[str] = []
+    for index, key in enumerate(items):
+        field = f"spec.sshAuthorizedKeys[{index}]"
+        if not isinstance(key, str):
+            raise SpecError(field, f"must be a string, not {_type_name(key)}")
+        if len(key) > MAX_SSH_KEY_LENGTH:
+            raise SpecError(field, f"must be at most {MAX_SSH_KEY_LENGTH} characters, got {len(key)}")
+        if not _SSH_KEY.fullmatch(key):
+            raise SpecError(field, f"{_show(key)} is not one OpenSSH public key line such as "
+                                   "'ssh-ed25519 AAAA... user@host'")
+        keys.append(key)
+    return tuple(keys)
+
+
+def _parse_boot(spec: Mapping[str, Any]) -> BootSpec | None:
+    value = spec.get("boot")
+    if value is None:
+        return None
+    path = "spec.boot"
+    if not isinstance(value, Mapping):
+        raise SpecError(path, f"must be an object, not {_type_name(value)}")
+    _no_unknown_fields(value, _BOOT_FIELDS, path)
+    kernel = value.get("kernel")
+    if kernel is None:
+        raise SpecError(f"{path}.kernel", "is required for direct kernel boot (a file in the image directory)")
+    _check_file_name(kernel, f"{path}.kernel")
+    initrd = _optional(value, "initrd", None)
+    if initrd is not None:
+        _check_file_name(initrd, f"{path}.initrd")
+    cmdline = _optional(value, "cmdline", None)
+    if cmdline is not None:
+        if not isinstance(cmdline, str):
+            raise SpecError(f"{path}.cmdline", f"must be a string, not {_type_name(cmdline)}")
+        if len(cmdline) > MAX_CMDLINE_LENGTH:
+            raise SpecError(f"{path}.cmdline", f"must be at most {MAX_CMDLINE_LENGTH} characters, got {len(cmdline)}")
+        if _CONTROL.search(cmdline) or "\n" in cmdline or "\r" in cmdline:
+            raise SpecError(f"{path}.cmdline", "must be one line without control characters")
+    return BootSpec(kernel=kernel, initrd=initrd, cmdline=cmdline)
 
 
 def _parse_cores(spec: Mapping[str, Any], limits: Limits) -> int:
@@ -211,6 +363,7 @@ def _parse_interfaces(spec: Mapping[str, Any], limits: Limits) -> tuple[Interfac
     interfaces: list[InterfaceSpec] = []
     seen_names: set[str] = set()
     seen_macs: set[str] = set()
+    seen_ports: set[tuple[str, int]] = set()
     for index, item in enumerate(items):
         path = f"spec.interfaces[{index}]"
         if not isinstance(item, Mapping):
@@ -224,8 +377,13 @@ def _parse_interfaces(spec: Mapping[str, Any], limits: Limits) -> tuple[Interfac
 
         network = _optional(item, "network", None)
         bridge = _optional(item, "bridge", None)
-        if (network is None) == (bridge is None):
-            raise SpecError(path, "needs exactly one of network (a libvirt network) or bridge (a host bridge)")
+        user = item.get("user")
+        if sum(x is not None for x in (network, bridge, user)) != 1:
+            raise SpecError(path, "needs exactly one of network (a libvirt network), bridge (a host bridge) or "
+                                  "user (user-mode networking with ports forwarded from 127.0.0.1)")
+        forwards: tuple[PortForward, ...] = ()
+        if user is not None:
+            forwards = _parse_user(user, f"{path}.user", seen_ports)
         if network is not None:
             _check_pattern(network, _FILE_NAME, MAX_NETWORK_LENGTH, f"{path}.network",
                            "a libvirt network name (letters, digits, '.', '_', '-')")
@@ -243,8 +401,45 @@ def _parse_interfaces(spec: Mapping[str, Any], limits: Limits) -> tuple[Interfac
                 raise SpecError(f"{path}.macAddress", f"duplicate MAC address {mac}")
             seen_macs.add(mac)
         interfaces.append(InterfaceSpec(name=name, network=network, bridge=bridge, model=model,
-                                        mac_address=mac))
+                                        mac_address=mac, user=user is not None, port_forwards=forwards))
     return tuple(interfaces)
+
+
+def _parse_user(user: object, path: str, seen: set[tuple[str, int]]) -> tuple[PortForward, ...]:
+    if not isinstance(user, Mapping):
+        raise SpecError(path, f"must be an object such as {{portForwards: [{{port: 22, hostPort: 2222}}]}}, not "
+                              f"{_type_name(user)}")
+    _no_unknown_fields(user, _USER_FIELDS, path)
+    items = _optional_list(user, "portForwards", f"{path}.portForwards")
+    if len(items) > MAX_PORT_FORWARDS:
+        raise SpecError(f"{path}.portForwards", f"has {len(items)} forwards; at most {MAX_PORT_FORWARDS} are allowed")
+    forwards: list[PortForward] = []
+    for index, item in enumerate(items):
+        where = f"{path}.portForwards[{index}]"
+        if not isinstance(item, Mapping):
+            raise SpecError(where, f"must be an object, not {_type_name(item)}")
+        _no_unknown_fields(item, _FORWARD_FIELDS, where)
+        port = _port(item, "port", where, 1)
+        host_port = _port(item, "hostPort", where, MIN_HOST_PORT)
+        protocol = _optional(item, "protocol", "TCP")
+        _check_enum(protocol, PROTOCOLS, f"{where}.protocol")
+        if (protocol, host_port) in seen:
+            raise SpecError(f"{where}.hostPort", f"{protocol} port {host_port} is forwarded twice")
+        seen.add((protocol, host_port))
+        forwards.append(PortForward(host_port=host_port, port=port, protocol=protocol))
+    return tuple(forwards)
+
+
+def _port(item: Mapping[str, Any], key: str, where: str, minimum: int) -> int:
+    value = item.get(key)
+    field = f"{where}.{key}"
+    if value is None:
+        raise SpecError(field, "is required")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(field, f"must be an integer, not {_show(value)}")
+    if not minimum <= value <= 65535:
+        raise SpecError(field, f"must be between {minimum} and 65535, got {value}")
+    return value
 
 
 def _parse_mac(value: object, field: str) -> str:

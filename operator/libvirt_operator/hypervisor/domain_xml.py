@@ -9,10 +9,21 @@ reboot stays a reboot, not a stop). ``on_crash=destroy``: on a guest panic (repo
 device) libvirt emits CRASHED/PANICKED, then stops the domain with STOPPED/CRASHED (shutoff reason
 CRASHED), so the run strategy sees a crash rather than a guest paused forever. A QEMU process that dies
 (killed) is reported by libvirt as STOPPED/FAILED with shutoff reason CRASHED whatever ``on_crash`` says.
+
+Every guest gets the QEMU guest agent's virtio-serial channel and a serial console (a pty, for libvirt's
+console stream) whose output libvirt also logs to a file; with qemu.conf's default ``stdio_handler =
+"logd"`` virtlogd writes it and rotates it at its ``max_size`` (2 MiB, ``max_backups`` 3), so the log on
+the node stays bounded.
+
+User-mode interfaces: libvirt 9.0 forwards ports of ``<interface type='user'>`` only with passt; QEMU's own
+user-mode network (slirp) is passed through ``<qemu:commandline>`` instead, ``restrict=on`` (the guest gets
+DHCP and the forwarded ports, nothing of it leaves QEMU) with every forward bound to 127.0.0.1. Its NIC
+sits in a PCI slot libvirt never picks for its own devices (it fills them from slot 2 up).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 import xml.etree.ElementTree as ET
@@ -21,9 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from libvirt_operator.api.constants import XML_NAMESPACE, XML_PREFIX
-from libvirt_operator.api.spec import VMSpec
+from libvirt_operator.api.spec import InterfaceSpec, VMSpec
 
 DOMAIN_TYPES = ("kvm", "qemu", "test")
+AGENT_CHANNEL = "org.qemu.guest_agent.0"
+QEMU_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
+# QEMU device names of the models, for user-mode NICs given on QEMU's command line.
+_QEMU_NIC_DEVICES = {"virtio": "virtio-net-pci", "e1000": "e1000", "rtl8139": "rtl8139"}
+_USER_NIC_FIRST_SLOT = 0x1E  # counting down; libvirt allocates from 0x02 up
 # libvirt names files after the domain (e.g. /var/log/libvirt/qemu/<name>.log): stay below NAME_MAX.
 MAX_DOMAIN_NAME = 240
 
@@ -61,8 +77,17 @@ def build_domain_xml(
     emulator: str | None = None,
     arch: str = "x86_64",
     machine: str | None = None,
+    seed: Path | None = None,
+    console_log: Path | None = None,
+    kernel: Path | None = None,
+    initrd: Path | None = None,
 ) -> str:
-    """The domain definition for ``spec``; raises ValueError for anything that must not reach libvirt."""
+    """The domain definition for ``spec``; raises ValueError for anything that must not reach libvirt.
+
+    ``seed``: the NoCloud ISO, attached read-only as an IDE CD-ROM (the machine is pc: Debian's cloud kernel
+    has no AHCI, so a SATA CD-ROM would be invisible to it). ``console_log``: where libvirt logs the serial
+    console. ``kernel``, ``initrd``: resolved files for ``spec.boot``. Every path must lie in ``allowed_dirs``.
+    """
     _check_owner(owner)
     if domain_type not in DOMAIN_TYPES:
         raise ValueError(f"domain type must be one of {', '.join(DOMAIN_TYPES)}, not {domain_type!r}")
@@ -73,8 +98,16 @@ def build_domain_xml(
     if emulator is not None and (not Path(emulator).is_absolute() or _NOT_XML.search(emulator)):
         raise ValueError(f"emulator must be an absolute path, not {emulator!r}")
     sources = _disk_sources(spec, disk_paths, allowed_dirs)
+    for what, extra in (("seed", seed), ("console log", console_log), ("kernel", kernel), ("initrd", initrd)):
+        if extra is not None:
+            _confined(Path(extra), allowed_dirs, what)
+    if spec.boot is not None and kernel is None:
+        raise ValueError("spec.boot needs the kernel's resolved file")
 
     domain = ET.Element("domain", type=domain_type)
+    user_nics = [nic for nic in spec.interfaces if nic.user]
+    if user_nics:
+        domain.set("xmlns:qemu", QEMU_NAMESPACE)
     ET.SubElement(domain, "name").text = domain_name(owner.namespace, owner.name)
     ET.SubElement(domain, "uuid").text = owner.uid.lower()
     _metadata(domain, owner, spec, sources)
@@ -89,7 +122,14 @@ def build_domain_xml(
     if machine is not None:
         os_type.set("machine", machine)
     os_type.text = "hvm"
-    ET.SubElement(os_el, "boot", dev="hd")
+    if kernel is not None:
+        ET.SubElement(os_el, "kernel").text = str(kernel)
+        if initrd is not None:
+            ET.SubElement(os_el, "initrd").text = str(initrd)
+        if spec.boot is not None and spec.boot.cmdline is not None:
+            ET.SubElement(os_el, "cmdline").text = spec.boot.cmdline
+    else:
+        ET.SubElement(os_el, "boot", dev="hd")
 
     features = ET.SubElement(domain, "features")
     ET.SubElement(features, "acpi")
@@ -103,13 +143,25 @@ def build_domain_xml(
     if emulator is not None:
         ET.SubElement(devices, "emulator").text = emulator
     _disks(devices, spec, sources)
+    if seed is not None:
+        cdrom = ET.SubElement(devices, "disk", type="file", device="cdrom")
+        ET.SubElement(cdrom, "driver", name="qemu", type="raw")
+        ET.SubElement(cdrom, "source", file=str(Path(seed).resolve()))
+        ET.SubElement(cdrom, "target", dev="hdc", bus="ide")
+        ET.SubElement(cdrom, "readonly")
     _interfaces(devices, spec)
     serial = ET.SubElement(devices, "serial", type="pty")
+    if console_log is not None:
+        ET.SubElement(serial, "log", file=str(Path(console_log).resolve()), append="on")
     ET.SubElement(serial, "target", port="0")
     console = ET.SubElement(devices, "console", type="pty")
     ET.SubElement(console, "target", type="serial", port="0")
+    channel = ET.SubElement(devices, "channel", type="unix")
+    ET.SubElement(channel, "target", type="virtio", name=AGENT_CHANNEL)
     # pvpanic: lets QEMU tell libvirt about a guest kernel panic, so on_crash applies.
     ET.SubElement(devices, "panic", model="isa")
+    if user_nics:
+        _user_interfaces(domain, owner.uid, user_nics)
 
     ET.indent(domain)
     xml = ET.tostring(domain, encoding="unicode")
@@ -141,6 +193,43 @@ def _is_uuid(text: str) -> bool:
         return str(uuid.UUID(text)) == text.lower()
     except ValueError:
         return False
+
+
+def _confined(path: Path, allowed_dirs: Sequence[Path], what: str) -> Path:
+    resolved = path.resolve()
+    roots = [Path(d).resolve() for d in allowed_dirs]
+    if not any(resolved != root and resolved.is_relative_to(root) for root in roots):
+        raise ValueError(f"{what}: {resolved} is outside the allowed directories")
+    if _NOT_XML.search(str(resolved)):
+        raise ValueError(f"{what}: path contains characters XML cannot carry")
+    return resolved
+
+
+def user_mac(uid: str, interface: str) -> str:
+    """Pure: a stable MAC (QEMU's 52:54:00 prefix) for a user-mode NIC the spec gives none: libvirt does
+    not see these NICs, so it neither generates nor reports one, and the status needs it."""
+    tail = hashlib.sha256(f"{uid.lower()}/{interface}".encode()).digest()[:3]
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in tail)
+
+
+def user_netdev_args(uid: str, nics: Sequence[InterfaceSpec]) -> list[str]:
+    """Pure: QEMU's arguments for the user-mode NICs (validated integers and names only, no free text)."""
+    args: list[str] = []
+    for index, nic in enumerate(nics):
+        netdev = f"lvouser{index}"
+        forwards = "".join(f",hostfwd={f.protocol.lower()}:127.0.0.1:{int(f.host_port)}-:{int(f.port)}"
+                           for f in nic.port_forwards)
+        mac = nic.mac_address or user_mac(uid, nic.name)
+        slot = _USER_NIC_FIRST_SLOT - index
+        args += ["-netdev", f"user,id={netdev},restrict=on{forwards}",
+                 "-device", f"{_QEMU_NIC_DEVICES[nic.model]},netdev={netdev},mac={mac},bus=pci.0,addr={slot:#x}"]
+    return args
+
+
+def _user_interfaces(domain: ET.Element, uid: str, nics: Sequence[InterfaceSpec]) -> None:
+    commandline = ET.SubElement(domain, "qemu:commandline")
+    for arg in user_netdev_args(uid, nics):
+        ET.SubElement(commandline, "qemu:arg", value=arg)
 
 
 def _disk_sources(spec: VMSpec, disk_paths: Mapping[str, Path], allowed_dirs: Sequence[Path]) -> dict[str, Path]:
@@ -193,6 +282,8 @@ def _disks(devices: ET.Element, spec: VMSpec, sources: Mapping[str, Path]) -> No
 
 def _interfaces(devices: ET.Element, spec: VMSpec) -> None:
     for nic in spec.interfaces:
+        if nic.user:
+            continue  # on QEMU's command line (_user_interfaces)
         if nic.network is not None:
             element = ET.SubElement(devices, "interface", type="network")
             ET.SubElement(element, "source", network=nic.network)

@@ -24,6 +24,11 @@ class Hardware(NamedTuple):
     vcpus: int
     disks: tuple[tuple[str, str, str], ...]  # (source file, target dev, bus), sorted by the tuple
     nics: tuple[Nic, ...]  # in document order: it is the guest's NIC order
+    boot: tuple[str, str, str] = ("", "", "")  # direct kernel boot: kernel, initrd, cmdline
+    qemu_args: tuple[str, ...] = ()  # <qemu:commandline>: the user-mode NICs
+
+
+_QEMU_ARG = "{http://libvirt.org/schemas/domain/qemu/1.0}"
 
 
 def fingerprint(xml: str) -> Hardware:
@@ -53,7 +58,9 @@ def fingerprint(xml: str) -> Hardware:
             model.get("type", "") if model is not None else "",
             (mac.get("address") or "").lower() if mac is not None else "",
         ))
-    return Hardware(memory, vcpus, tuple(sorted(disks)), tuple(nics))
+    boot = tuple((root.findtext(f"./os/{tag}") or "").strip() for tag in ("kernel", "initrd", "cmdline"))
+    qemu_args = tuple(arg.get("value", "") for arg in root.findall(f"./{_QEMU_ARG}commandline/{_QEMU_ARG}arg"))
+    return Hardware(memory, vcpus, tuple(sorted(disks)), tuple(nics), (boot[0], boot[1], boot[2]), qemu_args)
 
 
 def differs(wanted: str, current: str) -> bool:

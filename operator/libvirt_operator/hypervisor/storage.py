@@ -166,6 +166,27 @@ class Storage:
             raise StorageError(field, f"image {image!r}: qemu-img info gave unexpected output")
         return info
 
+    def resolve_boot_file(self, name: str, field: str) -> Path:
+        """A kernel or initrd for direct kernel boot: a regular file in the image directory (resolved, so
+        a symlink cannot lead QEMU to a host file)."""
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith(".") \
+                or len(name) > 255 or not _FILE_NAME.fullmatch(name):
+            raise StorageError(field, f"{name!r} must be a file name in the image directory")
+        root = self.image_dir
+        try:
+            resolved = (root / name).resolve(strict=True)
+        except (FileNotFoundError, RuntimeError):
+            raise StorageError(field, f"{name!r} not found in {root}") from None
+        if resolved == root or not resolved.is_relative_to(root):
+            raise StorageError(field, f"{name!r} is a symlink that leads outside the image directory")
+        if not resolved.is_file():
+            raise StorageError(field, f"{name!r} is not a regular file")
+        return resolved
+
+    def console_log_path(self, uid: str) -> Path:
+        """The serial console's log (written by libvirt's virtlogd), in the VM's directory."""
+        return self.vm_dir(uid) / "console.log"
+
     # --- disks --------------------------------------------------------------------------------------
 
     def disk_path(self, uid: str, disk_name: str) -> Path:

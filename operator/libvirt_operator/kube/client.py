@@ -17,6 +17,7 @@ forever). Plain JSON is also what the callers work with. Those calls check no st
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import logging
@@ -207,6 +208,13 @@ class KubeClient:
             namespace, body, _request_timeout=self._timeout))
 
     # --- Nodes -----------------------------------------------------------------------------------
+
+    async def get_secret_data(self, namespace: str, name: str) -> dict[str, bytes]:
+        """A Secret's data, decoded (get only: the chart grants no list or watch on Secrets)."""
+        body = await self._call("get", "secrets", lambda: self.core.read_namespaced_secret_without_preload_content(
+            name, namespace, _request_timeout=self._timeout))
+        data = body.get("data") or {}
+        return {str(k): base64.b64decode(v) for k, v in data.items() if isinstance(v, str)}
 
     async def get_node(self, name: str) -> dict[str, Any]:
         return await self._call("get", "nodes", lambda: self.core.read_node_without_preload_content(

@@ -62,6 +62,7 @@ class HostFacts:
 
     domain_type: str = "kvm"
     emulator: str | None = None
+    domain_type_reason: str = ""  # why this domain type (published on the Node)
     capacity: tuple[int, int] = (0, 0)  # memory MiB, CPUs (0: unknown)
 
 

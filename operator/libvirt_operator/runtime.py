@@ -18,18 +18,18 @@ import os
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 import libvirt
 
-from libvirt_operator.api.status import event_name, power_state
+from libvirt_operator.api.status import event_name, get_condition, power_state
 from libvirt_operator.context import HostFacts, HostParts, VMParts
 from libvirt_operator.handlers.host import HostReconciler
 from libvirt_operator.handlers.node import NodeReporter, quality_warnings, read_host_info
 from libvirt_operator.handlers.vm import Reconciler
 from libvirt_operator.hypervisor import domains
-from libvirt_operator.hypervisor.connection import Connection, HypervisorError, LifecycleEvent
+from libvirt_operator.hypervisor.connection import AgentEvent, Connection, HypervisorError, LifecycleEvent
 from libvirt_operator.hypervisor.storage import Storage
 from libvirt_operator.kube.client import KubeClient, KubeError
 from libvirt_operator.kube.lease import LeaseConfig, NodeLease
@@ -48,8 +48,39 @@ from libvirt_operator.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-def choose_domain_type(conn: libvirt.virConnect, wanted: str) -> tuple[str, str | None]:
-    """Blocking: 'kvm' when libvirt offers KVM for the host arch, else 'qemu' (TCG); 'test' on test://."""
+def kvm_problem(modules: Iterable[str], cpu_flags: Iterable[str]) -> str | None:
+    """Pure: why this host's /dev/kvm cannot run a real guest (None: it can, as far as we can tell).
+
+    A nested PVM hypervisor (module kvm_pvm, no vmx/svm flag) runs a guest without an operating system but
+    not a Linux kernel: it dies with 'KVM internal error ... emulation failure' and QEMU pauses it."""
+    flags = set(cpu_flags)
+    if "kvm_pvm" in set(modules) and not flags & {"vmx", "svm"}:
+        return ("/dev/kvm is kvm_pvm (a nested PVM hypervisor, no vmx/svm CPU flag), which cannot run a real "
+                "guest kernel: guests run under TCG")
+    return None
+
+
+def _host_kvm_problem() -> str | None:
+    """Blocking: kvm_problem of this host (/sys/module, /proc/cpuinfo)."""
+    try:
+        modules = os.listdir("/sys/module")
+    except OSError:
+        modules = []
+    flags: list[str] = []
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    break
+    except OSError:
+        pass
+    return kvm_problem(modules, flags)
+
+
+def choose_domain_type(conn: libvirt.virConnect, wanted: str) -> tuple[str, str | None, str]:
+    """Blocking: 'kvm' when libvirt offers KVM for the host arch and it can run a real guest, else 'qemu'
+    (TCG); 'test' on test://. The third value says why (published on the Node)."""
     caps = ET.fromstring(conn.getCapabilities())
     host_arch = caps.findtext("./host/cpu/arch") or "x86_64"
     offered: dict[str, str | None] = {}
@@ -61,16 +92,19 @@ def choose_domain_type(conn: libvirt.virConnect, wanted: str) -> tuple[str, str 
         for dom in arch.findall("domain"):
             offered[dom.get("type", "")] = dom.findtext("emulator") or emulator
     if "test" in offered:
-        return "test", None
+        return "test", None, "the test driver"
     if wanted != "auto":
         if wanted not in offered:
             raise HypervisorError(f"--domain-type {wanted} is not offered by libvirt here "
                                   f"(offered: {', '.join(sorted(offered)) or 'none'})")
-        return wanted, offered[wanted]
-    if "kvm" in offered and os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return "kvm", offered["kvm"]
+        return wanted, offered[wanted], f"--domain-type {wanted}"
+    problem = _host_kvm_problem() if "kvm" in offered else None
+    if "kvm" in offered and os.access("/dev/kvm", os.R_OK | os.W_OK) and problem is None:
+        return "kvm", offered["kvm"], "auto: libvirt offers KVM and /dev/kvm is usable"
     if "qemu" in offered:
-        return "qemu", offered["qemu"]
+        if problem is not None:
+            return "qemu", offered["qemu"], f"auto: {problem}"
+        return "qemu", offered["qemu"], "auto: KVM is not available (libvirt offers none, or /dev/kvm is not usable)"
     raise HypervisorError(f"libvirt offers no hvm guest for {host_arch}")
 
 
@@ -151,21 +185,22 @@ class Runtime:
         started = time.monotonic()
         self.conn.add_state_listener(self._on_connection_state)
         self.conn.add_event_sink(self._on_libvirt_event)
+        self.conn.add_agent_sink(self._on_agent_event)
         self.node.start()
         await self.conn.start()
         self._ready_reason = f"waiting for libvirt at {s.libvirt_uri}"
         await self.conn.wait_connected()
         facts = self.facts
-        facts.domain_type, facts.emulator = await self.conn.call(
+        facts.domain_type, facts.emulator, facts.domain_type_reason = await self.conn.call(
             "capabilities", lambda c: choose_domain_type(c, s.domain_type))
         info = await self.conn.call("host info", lambda c: read_host_info(c, facts.domain_type))
         node_info = await self.conn.call("node info", lambda c: c.getInfo())
         facts.capacity = (int(node_info[1]), int(node_info[2]))  # MiB, CPUs
         for warning in quality_warnings(info):
             logger.warning("host quality warning: %s", warning)
-        logger.info("libvirt %s on %s (%s, %s): domain type %s", info.libvirt_version, s.node_name, info.arch,
-                    info.cpu_model, facts.domain_type)
-        await self.node.publish_capabilities(info)
+        logger.info("libvirt %s on %s (%s, %s): domain type %s (%s)", info.libvirt_version, s.node_name, info.arch,
+                    info.cpu_model, facts.domain_type, facts.domain_type_reason)
+        await self.node.publish_capabilities(info, domain_type_reason=facts.domain_type_reason)
         await asyncio.to_thread(self.storage.mark_node, s.node_name)
 
         self._ready_reason = "listing VirtualMachines"
@@ -349,6 +384,15 @@ class Runtime:
         if self._startup_done:
             self.queue.add(record.key)
 
+    def _on_agent_event(self, event: AgentEvent) -> None:
+        record = self.records.by_uid(event.uuid)
+        if record is None or record.node_name != self.settings.node_name:
+            return
+        logger.info("%s/%s: guest agent %s", *record.key, "connected" if event.connected else "disconnected")
+        record.guest_due = True
+        if self._startup_done:
+            self.queue.add(record.key)
+
     def _on_connection_state(self, connected: bool, reason: str) -> None:
         self.node.set_connected(connected, reason)
         self.metrics.connected.set(1 if connected else 0)
@@ -389,6 +433,11 @@ class Runtime:
                 continue
             if power_state(dom.state).value != status.get("powerState"):
                 drifted += 1
+                self.queue.add(rec.key)
+            elif _agent_connected(status) or _awaits_lease(rec.body):
+                # Addresses change without an event (DHCP, the user): read the guest again. Only where an
+                # agent answers, so that a host of guests without one costs no extra call per sync.
+                rec.guest_due = True
                 self.queue.add(rec.key)
         if drifted:
             logger.info("full sync: %d of %d domains drifted from their recorded state", drifted, len(states))
@@ -434,3 +483,16 @@ class Runtime:
             if rec.node_name == self.settings.node_name:
                 phases[str(rec.status.get("phase", "Pending"))] += 1
         self.metrics.set_phases(phases)
+
+
+def _agent_connected(status: Mapping[str, Any]) -> bool:
+    return (get_condition(status.get("conditions"), "AgentConnected") or {}).get("status") == "True"
+
+
+def _awaits_lease(body: Mapping[str, Any]) -> bool:
+    """A VM on a libvirt network whose status has no address yet: its DHCP lease may have come since."""
+    spec = body.get("spec") or {}
+    if not any(isinstance(i, dict) and i.get("network") for i in spec.get("interfaces") or []):
+        return False
+    reported = (body.get("status") or {}).get("interfaces") or []
+    return not any(isinstance(i, dict) and i.get("ipAddresses") for i in reported)

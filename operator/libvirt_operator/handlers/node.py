@@ -126,7 +126,7 @@ class NodeReporter:
         self.note = note
         self._wake.set()
 
-    async def publish_capabilities(self, info: HostInfo) -> None:
+    async def publish_capabilities(self, info: HostInfo, *, domain_type_reason: str = "") -> None:
         self.host_info = info
         labels = {
             f"{GROUP}/arch": _label_value(info.arch),
@@ -138,6 +138,9 @@ class NodeReporter:
             f"{GROUP}/cpu-vendor": info.cpu_vendor,
             f"{GROUP}/libvirt-version": info.libvirt_version,
             f"{GROUP}/hypervisor-version": info.hypervisor_version,
+            # The domain type the guests get and why (--domain-type auto: KVM, or TCG and the reason).
+            f"{GROUP}/domain-type": info.virt_type,
+            f"{GROUP}/domain-type-reason": domain_type_reason,
         }
         try:
             await self.kube.patch_node(self.settings.node_name,

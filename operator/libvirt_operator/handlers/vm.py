@@ -32,10 +32,11 @@ from libvirt_operator.api.status import (
     state_reason,
 )
 from libvirt_operator.context import VMParts
-from libvirt_operator.hypervisor import domains, hardware
+from libvirt_operator.hypervisor import domains, guest, hardware, seed
 from libvirt_operator.hypervisor.bridges import bridge_problem, read_bridge
 from libvirt_operator.hypervisor.connection import HypervisorError, HypervisorUnavailable, Retry, start_retry
 from libvirt_operator.hypervisor.domain_xml import Owner, build_domain_xml, field_named_by
+from libvirt_operator.hypervisor.seed import SeedData, SeedError
 from libvirt_operator.hypervisor.storage import StorageError
 from libvirt_operator.kube.client import KubeError
 from libvirt_operator.pipeline.policy import Action, Decision, Observed, decide, phase_for
@@ -63,6 +64,22 @@ NOTABLE: dict[tuple[str, str], tuple[str, str]] = {
 def _start_events(spec: VMSpec) -> tuple[str, ...]:
     # QEMU starts paused and libvirt then reports RESUMED and STARTED; a paused start, SUSPENDED.
     return ("Started", "Suspended" if spec.paused else "Resumed")
+
+
+INTERNAL_ERROR_MESSAGE = ("QEMU stopped the guest on an internal error of the hypervisor (with KVM: it cannot run "
+                          "this guest, e.g. a nested kvm_pvm host; run the operator with --domain-type auto or "
+                          "qemu). It stays paused; stop and start it (runStrategy) to try again")
+
+
+def agent_condition(data: guest.GuestData | None, active: bool) -> tuple[str, str, str]:
+    """Pure: the AgentConnected condition (status, reason, message) for what the guest told."""
+    if not active or data is None:
+        return "False", "GuestNotRunning", "the guest is not running"
+    if data.agent_connected:
+        return "True", "AgentAnswers", "the QEMU guest agent answers"
+    if data.agent_error:
+        return "False", "AgentNotAnswering", f"the agent's channel is up but it did not answer: {data.agent_error}"
+    return "False", "AgentNotConnected", "no QEMU guest agent is connected (is qemu-guest-agent running in the guest?)"
 
 
 def start_failure_message(detail: str, field: str | None, node: str) -> str:
@@ -277,8 +294,47 @@ class Reconciler:
             dom = await self._act(rec, "resume", lambda c: domains.resume(c, rec.uid), "Resumed")
             extra["lastEvent"] = self._own_event("Resumed", "Unpaused")
 
-        await self._write_status(rec, self._observed_status(rec, spec, dom, extra=extra))
+        if dom.active and power_state(dom.state) == PowerState.PAUSED and not spec.paused \
+                and state_reason(dom.state, dom.reason) == "Unknown":
+            extra.update(await self._internal_error(rec, dom))
+        fields, agent = await self._guest_fields(rec, spec, dom)
+        extra.update(fields)
+        await self._write_status(rec, self._observed_status(rec, spec, dom, extra=extra, agent=agent))
         return None
+
+    async def _internal_error(self, rec: VMRecord, dom: domains.DomainState) -> dict[str, Any]:
+        """A pause nobody asked for: QEMU's own run state tells an internal error (a KVM that cannot run the
+        guest) from other pauses, so the status does not look like a user's pause."""
+        try:
+            state = await self.parts.conn.call("QEMU run state", lambda c: guest.qemu_run_state(c, rec.uid))
+        except HypervisorUnavailable:
+            raise
+        except HypervisorError:
+            return {}
+        if state != "internal-error":
+            return {}
+        if rec.status.get("reason") != "InternalError":
+            self.parts.spawn(self.parts.post_event(rec.body, "Warning", "GuestInternalError", INTERNAL_ERROR_MESSAGE))
+        return {"reason": "InternalError", "message": INTERNAL_ERROR_MESSAGE}
+
+    async def _guest_fields(self, rec: VMRecord, spec: VMSpec,
+                            dom: domains.DomainState) -> tuple[dict[str, Any], tuple[str, str, str] | None]:
+        """status.interfaces, status.guestOS and the AgentConnected condition, read again only when due (an
+        agent event, the periodic sync, a start); cleared once the guest is off."""
+        if not dom.active or not rec.guest_due:
+            return {}, None  # an off guest's data is cleared by _observed_status
+        rec.guest_due = False
+        try:
+            data = await self.parts.conn.call(
+                "guest data", lambda c: guest.read_guest(c, rec.uid, rec.uid, spec.interfaces))
+        except HypervisorUnavailable:
+            raise
+        except HypervisorError as exc:
+            logger.info("%s/%s: cannot read the guest's data: %s", *rec.key, exc)
+            return {}, None
+        if data is None:
+            return {}, None
+        return {"interfaces": data.interfaces or None, "guestOS": data.guest_os}, agent_condition(data, True)
 
     async def _start(self, rec: VMRecord, spec: VMSpec, dom: domains.DomainState, *,
                      restart: bool) -> tuple[domains.DomainState, dict[str, Any]] | None:
@@ -288,7 +344,14 @@ class Reconciler:
         if error is not None:  # libvirt would start it without a link, or fail with an unclear message
             await self._fail(rec, "StartFailed", str(error), dom)
             return None
+        try:
+            await self._refresh_seed(rec, spec)
+        except (SpecError, StorageError) as exc:
+            await self._fail(rec, "StartFailed", str(exc), dom)
+            return None
         self.parts.restart_required.pop(rec.uid, None)
+        # Nothing to read from a guest that is only booting: its agent's connection (an event) asks for it.
+        rec.guest_due = False
         try:
             state = await self._act(rec, "start", lambda c: domains.start(c, rec.uid, paused=spec.paused),
                                     *_start_events(spec))
@@ -333,10 +396,29 @@ class Reconciler:
         return {d.name: [str(storage.disk_path(rec.uid, d.name))]
                 + ([str(storage.image_dir / d.image)] if d.image else []) for d in spec.disks}
 
+    def _grace(self, rec: VMRecord, spec: VMSpec | None) -> float:
+        if spec is None:  # deletion: the spec as it was, if it still parses
+            try:
+                spec = parse_spec(rec.body.get("spec") or {}, self.limits)
+            except SpecError:
+                spec = None
+        if spec is not None and spec.termination_grace_seconds is not None:
+            return float(spec.termination_grace_seconds)
+        return self.parts.settings.shutdown_timeout
+
     async def _begin_stop(self, rec: VMRecord, spec: VMSpec | None, dom: domains.DomainState,
                           *, reason: str) -> float | None:
-        rec.stop_deadline = time.monotonic() + self.parts.settings.shutdown_timeout
-        await self._act(rec, "shutdown", lambda c: domains.shutdown(c, rec.uid), "Shutdown", "Stopped")
+        grace = self._grace(rec, spec)
+        agent = (get_condition(rec.status.get("conditions"), "AgentConnected") or {}).get("status") == "True"
+        rec.stop_started = time.monotonic()
+        rec.stop_deadline = rec.stop_started + grace
+        rec.stop_grace = grace
+        rec.stop_method = await self._act(rec, "shutdown", lambda c: domains.shutdown(c, rec.uid, agent=agent),
+                                          "Shutdown", "Stopped")
+        how = "the QEMU guest agent" if rec.stop_method == "agent" else "ACPI"
+        self.parts.spawn(self.parts.post_event(rec.body, "Normal", "ShuttingDown",
+                                               f"asked the guest to shut down through {how} ({reason}); destroyed "
+                                               f"if still running after {grace:g}s"))
         if spec is not None:
             user_asked = self._generation_moved(rec)
             # Persisting Stopping lets a restarted operator retry an interrupted stop (nova: POWERING_OFF).
@@ -355,12 +437,20 @@ class Reconciler:
             deadline = rec.stop_deadline or 0.0
             if time.monotonic() < deadline:
                 return min(STOP_POLL, max(deadline - time.monotonic(), 0.05))
-            logger.info("%s/%s: guest did not shut down within %.0fs: destroying", *rec.key,
-                        self.parts.settings.shutdown_timeout)
+            logger.info("%s/%s: guest did not shut down within %.0fs: destroying", *rec.key, rec.stop_grace)
             # A destroy is reported as a Shutdown notice (detail host) and then Stopped.
             dom = await self._act(rec, "destroy", lambda c: domains.destroy(c, rec.uid), "Shutdown", "Stopped")
             how = "Destroyed"
+            self.parts.spawn(self.parts.post_event(
+                rec.body, "Warning", "GuestDestroyed",
+                f"the guest did not shut down within its grace period of {rec.stop_grace:g}s: destroyed"))
+        elif rec.stop_started is not None:
+            took = time.monotonic() - rec.stop_started
+            method = "the QEMU guest agent" if rec.stop_method == "agent" else "ACPI"
+            self.parts.spawn(self.parts.post_event(rec.body, "Normal", "GuestStopped",
+                                                   f"the guest shut down cleanly through {method} in {took:.1f}s"))
         rec.stop_deadline = None
+        rec.stop_started = None
         if spec is not None and dom is not None:
             await self._write_status(rec, self._observed_status(
                 rec, spec, dom, extra={"lastEvent": self._own_event("Stopped", how), "stoppedAt": now_iso()}))
@@ -380,7 +470,7 @@ class Reconciler:
                 "disks": [{"name": d.name, "path": str(self.parts.storage.disk_path(rec.uid, d.name))}
                           for d in spec.disks],
             })
-            xml, _paths = await self._build_xml(rec, spec)
+            xml, _seed_changed = await self._build_xml(rec, spec)
             if not self._starts_on_creation(rec, spec):
                 state: domains.DomainState = await self._act(rec, "define", lambda c: domains.define(c, xml),
                                                              "Defined")
@@ -388,6 +478,7 @@ class Reconciler:
             logger.info("%s/%s: new domain, runStrategy %s: defining and starting it%s", *rec.key,
                         spec.run_strategy, " paused" if spec.paused else "")
             self.parts.restart_required.pop(rec.uid, None)
+            rec.guest_due = False  # see _start
             made: domains.Created = await self._act(
                 rec, "define and start", lambda c: domains.define_and_start(c, xml, paused=spec.paused),
                 "Defined", *_start_events(spec))
@@ -402,19 +493,68 @@ class Reconciler:
                           spec_changed=self._generation_moved(rec), believed_running=False)
         return decision.action == Action.START
 
-    async def _build_xml(self, rec: VMRecord, spec: VMSpec) -> tuple[str, dict[str, Any]]:
+    async def _build_xml(self, rec: VMRecord, spec: VMSpec) -> tuple[str, bool]:
+        """The domain XML for ``spec`` (disks and the cloud-init seed made first); and whether the seed
+        was (re)written."""
         meta = rec.body["metadata"]
         await self._check_networks(spec)
         storage = self.parts.storage
         owner = Owner(namespace=meta["namespace"], name=meta["name"], uid=rec.uid, node=self.parts.settings.node_name)
+        files = await self._seed_files(rec, spec)
 
-        def build() -> tuple[str, dict[str, Any]]:  # off the loop: disk creation and path resolution
+        def build() -> tuple[str, bool]:  # off the loop: disk and seed creation, path resolution
             paths = storage.prepare_disks(rec.uid, spec)
+            seed_path, changed = (None, False) if files is None else self._write_seed(rec.uid, files)
+            kernel = initrd = None
+            if spec.boot is not None:
+                kernel = storage.resolve_boot_file(spec.boot.kernel, "spec.boot.kernel")
+                if spec.boot.initrd is not None:
+                    initrd = storage.resolve_boot_file(spec.boot.initrd, "spec.boot.initrd")
             xml = build_domain_xml(owner=owner, spec=spec, domain_type=self.parts.facts.domain_type, disk_paths=paths,
                                    allowed_dirs=[storage.image_dir, storage.storage_dir],
-                                   emulator=self.parts.facts.emulator)
-            return xml, paths
+                                   emulator=self.parts.facts.emulator, seed=seed_path,
+                                   console_log=storage.console_log_path(rec.uid), kernel=kernel, initrd=initrd)
+            return xml, changed
         return await asyncio.to_thread(build)
+
+    def _write_seed(self, uid: str, files: Mapping[str, bytes]) -> tuple[Any, bool]:
+        try:
+            return seed.write_seed(self.parts.storage.vm_dir(uid), files)
+        except SeedError as exc:
+            raise StorageError(None, str(exc)) from exc
+
+    async def _seed_files(self, rec: VMRecord, spec: VMSpec) -> dict[str, bytes] | None:
+        """The NoCloud seed's files for ``spec`` (a Secret read when it names one); None: no seed."""
+        if not spec.wants_seed:
+            return None
+        meta = rec.body["metadata"]
+        ci = spec.cloud_init
+        if ci is not None and ci.secret_name is not None:
+            field = "spec.cloudInit.secretRef.name"
+            try:
+                data = await self.parts.kube.get_secret_data(meta["namespace"], ci.secret_name)
+            except KubeError as exc:
+                if exc.status == 404:
+                    raise SpecError(field, f"Secret {ci.secret_name!r} not found in namespace {meta['namespace']}; "
+                                    f"create it, then set the annotation {RETRY_ANNOTATION}") from None
+                if exc.status == 403:
+                    raise SpecError(field, f"the operator may not read Secret {ci.secret_name!r} in namespace "
+                                    f"{meta['namespace']}: grant it get on Secrets there (the chart's "
+                                    "cloudInit.secretNamespaces)") from None
+                raise
+            seed_data = seed.secret_seed_data(ci.secret_name, data, spec.ssh_authorized_keys)
+        else:
+            seed_data = SeedData(user_data=ci.user_data if ci else None, network_data=ci.network_data if ci else None,
+                                 ssh_authorized_keys=spec.ssh_authorized_keys)
+        return seed.seed_files(uid=rec.uid, name=meta["name"], data=seed_data)
+
+    async def _refresh_seed(self, rec: VMRecord, spec: VMSpec) -> bool:
+        """Before a start: the seed made current (a Secret may have changed). True when it was rewritten."""
+        files = await self._seed_files(rec, spec)
+        if files is None:
+            return False
+        _path, changed = await asyncio.to_thread(self._write_seed, rec.uid, files)
+        return changed
 
     async def _check_networks(self, spec: VMSpec) -> None:
         for index, iface in enumerate(spec.interfaces):
@@ -456,7 +596,7 @@ class Reconciler:
         if current is None:
             return True
         try:
-            xml, _paths = await self._build_xml(rec, spec)
+            xml, seed_changed = await self._build_xml(rec, spec)
         except (ValueError, StorageError) as exc:
             await self._fail(rec, "InvalidSpec", str(exc), dom)
             return False
@@ -465,6 +605,9 @@ class Reconciler:
             state = await self._act(rec, "define", lambda c: domains.define(c, xml), "Defined")
             if state.active:
                 self.parts.restart_required[rec.uid] = True
+        elif seed_changed and dom.active:
+            logger.info("%s/%s: cloud-init data changed: the new seed applies at the next boot", *rec.key)
+            self.parts.restart_required[rec.uid] = True
         return True
 
     async def _interrupted_provisioning(self, rec: VMRecord, domain_exists: bool) -> None:
@@ -571,7 +714,8 @@ class Reconciler:
     # --- status ------------------------------------------------------------------------------------------
 
     def _observed_status(self, rec: VMRecord, spec: VMSpec, dom: domains.DomainState, *,
-                         extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                         extra: Mapping[str, Any] | None = None,
+                         agent: tuple[str, str, str] | None = None) -> dict[str, Any]:
         power = power_state(dom.state)
         reason_name = state_reason(dom.state, dom.reason)
         phase = phase_for(power)
@@ -584,9 +728,17 @@ class Reconciler:
             "domainName": dom.name,
             "domainUUID": dom.uuid,
             "observedGeneration": self._acting_generation(rec),
+            "consoleLog": str(self.parts.storage.console_log_path(rec.uid)),
         }
         if phase == Phase.PAUSED and reason_name and reason_name not in ("User", "StartingUp"):
             status["message"] = f"paused by libvirt: {reason_name}"
+        if not dom.active:
+            # Nothing the guest told holds once it is off (every stop path writes through here).
+            for key in ("guestOS", "interfaces"):
+                if rec.status.get(key) is not None:
+                    status[key] = None
+            if agent is None and get_condition(rec.status.get("conditions"), "AgentConnected") is not None:
+                agent = agent_condition(None, False)
         if extra:
             status.update(extra)
         if rec.last_event is not None and "lastEvent" not in (extra or {}):
@@ -598,10 +750,12 @@ class Reconciler:
                                    "the guest is running" if ready else f"the guest is {status['phase'].lower()}")
         conditions = set_condition(conditions, "HypervisorConnected", "True", "Connected",
                                    f"libvirt at {self.parts.settings.libvirt_uri} answers")
+        if agent is not None:
+            conditions = set_condition(conditions, "AgentConnected", *agent)
         restart_required = self.parts.restart_required.get(rec.uid, False) and dom.active
         if restart_required:
             conditions = set_condition(conditions, "RestartRequired", "True", "HardwareChanged",
-                                       "the domain was redefined; changes apply at the next restart")
+                                       "the domain or its cloud-init seed changed; changes apply at the next restart")
         else:
             conditions = remove_condition(conditions, "RestartRequired")
         status["conditions"] = conditions

@@ -66,6 +66,14 @@ class LifecycleEvent:
     wall_time: float  # time.time(), for status.lastEvent
 
 
+@dataclass(frozen=True)
+class AgentEvent:
+    """The QEMU guest agent of a domain connected (True) or disconnected (False)."""
+
+    uuid: str
+    connected: bool
+
+
 _BROKEN_CODES = {libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_ERR_NO_CONNECT,
                  libvirt.VIR_ERR_INVALID_CONN}
 _BROKEN_DOMAINS = {libvirt.VIR_FROM_REMOTE, libvirt.VIR_FROM_RPC}
@@ -205,6 +213,7 @@ class Connection:
         self._callback_ids: list[int] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event_sinks: list[EventSink] = []
+        self._agent_sinks: list[Callable[[AgentEvent], None]] = []
         self._state_listeners: list[StateListener] = []
         self._connected = asyncio.Event()
         self._reconnect_task: asyncio.Task[None] | None = None
@@ -218,6 +227,10 @@ class Connection:
     def add_event_sink(self, sink: EventSink) -> None:
         """``sink`` runs on the asyncio loop for every lifecycle event, in libvirt's order."""
         self._event_sinks.append(sink)
+
+    def add_agent_sink(self, sink: Callable[[AgentEvent], None]) -> None:
+        """``sink`` runs on the asyncio loop for every guest agent (dis)connection."""
+        self._agent_sinks.append(sink)
 
     def add_state_listener(self, listener: StateListener) -> None:
         """``listener(connected, reason)`` runs on the asyncio loop at every connect and disconnect."""
@@ -337,6 +350,11 @@ class Connection:
                                             self._lifecycle_callback, None),
             ]
             try:
+                self._callback_ids.append(conn.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, self._agent_callback, None))
+            except libvirt.libvirtError as exc:  # test:// has no agents
+                logger.debug("%s has no agent lifecycle events: %s", self.uri, exc)
+            try:
                 conn.registerCloseCallback(self._close_callback, None)
             except libvirt.libvirtError as exc:
                 logger.debug("%s does not support close callbacks: %s", self.uri, exc)
@@ -352,6 +370,20 @@ class Connection:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._deliver, item)
+
+    def _agent_callback(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, state: int, _reason: int,
+                        _opaque: Any) -> None:
+        item = AgentEvent(dom.UUIDString(), state == libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._deliver_agent, item)
+
+    def _deliver_agent(self, item: AgentEvent) -> None:
+        for sink in self._agent_sinks:
+            try:
+                sink(item)
+            except Exception:
+                logger.exception("agent event sink failed for %s", item)
 
     def _deliver(self, item: LifecycleEvent) -> None:
         for sink in self._event_sinks:

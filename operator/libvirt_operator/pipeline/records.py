@@ -40,6 +40,12 @@ class VMRecord:
     # The body a reconciliation pass acts on, taken at its start: its generation and retry token are the
     # ones the pass records as observed, even if the watch delivers a newer body meanwhile.
     acting_on: dict[str, Any] | None = None
+    # The guest's data (agent, addresses) is read again on the next pass: set by agent lifecycle events,
+    # the periodic sync, a start; True at first so that the start-up pass reads it once.
+    guest_due: bool = True
+    stop_started: float | None = None  # monotonic, when the graceful shutdown was asked for
+    stop_method: str = ""  # agent | acpi
+    stop_grace: float = 0.0
 
     @property
     def uid(self) -> str:

@@ -388,7 +388,11 @@ class Runtime:
         record = self.records.by_uid(event.uuid)
         if record is None or record.node_name != self.settings.node_name:
             return
-        logger.info("%s/%s: guest agent %s", *record.key, "connected" if event.connected else "disconnected")
+        if event.rebooted:
+            logger.info("%s/%s: the guest rebooted", *record.key)
+            record.rebooted = True
+        else:
+            logger.info("%s/%s: guest agent %s", *record.key, "connected" if event.connected else "disconnected")
         record.guest_due = True
         if self._startup_done:
             self.queue.add(record.key)

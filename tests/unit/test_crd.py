@@ -185,7 +185,7 @@ def test_status_is_structural_and_complete(schema: dict[str, Any]) -> None:
     assert set(status["properties"]) == {
         "phase", "powerState", "reason", "message", "domainName", "domainUUID", "nodeName",
         "observedGeneration", "conditions", "lastEvent", "disks", "startedAt", "stoppedAt", "restarts",
-        "observedRetry", "interfaces", "guestOS", "consoleLog",
+        "observedRetry", "interfaces", "guestOS", "consoleLog", "observedRestart",
     }
     assert status["properties"]["phase"]["enum"] == [p.value for p in Phase]
     assert status["properties"]["powerState"]["enum"] == [p.value for p in PowerState]

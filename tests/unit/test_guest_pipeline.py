@@ -14,6 +14,7 @@ import aiohttp
 import libvirt
 import pytest
 
+from libvirt_operator.api.constants import RESTART_ANNOTATION
 from libvirt_operator.hypervisor.connection import AgentEvent
 from libvirt_operator.hypervisor.domain_xml import user_mac
 from testbed.polling import until
@@ -134,3 +135,31 @@ async def test_an_agent_event_makes_the_operator_read_the_guest_and_the_stop_cle
     status = await until(lambda: env.status("talker").get("phase") == "Stopped" and env.status("talker"),
                          what="Stopped")
     assert "interfaces" not in status and _condition(status, "AgentConnected")["reason"] == "GuestNotRunning"
+
+
+async def test_the_restart_annotation_reboots_a_running_guest_once_per_value(env: Env) -> None:
+    await env.create("rebooter")
+    await until(lambda: env.status("rebooter").get("phase") == "Running", what="Running")
+    await env.annotate("rebooter", RESTART_ANNOTATION, "1")
+    await until(lambda: env.status("rebooter").get("observedRestart") == "1", what="observedRestart 1")
+    await until(lambda: "Rebooting" in env.reasons("rebooter"), what="the Rebooting Event")
+    status = env.status("rebooter")
+    assert status["phase"] == "Running" and not status.get("restarts")
+    # The same value again is no new request; a stopped guest's request is recorded, not acted on.
+    await env.patch("rebooter", {"spec": {"runStrategy": "Halted"}})
+    await until(lambda: env.status("rebooter").get("phase") == "Stopped", what="Stopped")
+    await env.annotate("rebooter", RESTART_ANNOTATION, "2")
+    await until(lambda: env.status("rebooter").get("observedRestart") == "2", what="observedRestart 2")
+    await until(lambda: "RestartSkipped" in env.reasons("rebooter"), what="the RestartSkipped Event")
+    assert env.reasons("rebooter").count("Rebooting") == 1
+
+
+async def test_once_runs_until_the_guest_stops_and_then_stays_stopped(env: Env) -> None:
+    uid = await env.create("once", runStrategy="Once")
+    await until(lambda: env.status("once").get("phase") == "Running", what="Running")
+    env.libvirt.lookupByUUIDString(uid).shutdown()  # the guest powers off (test:// obeys at once)
+    await until(lambda: env.status("once").get("phase") == "Stopped", what="Stopped")
+    await env.patch("once", {"spec": {"memory": "96Mi"}})  # a spec change does not run it again
+    await until(lambda: env.status("once").get("observedGeneration") == 2, what="the change observed")
+    assert env.status("once")["phase"] == "Stopped" and not env.status("once").get("restarts")
+    assert env.libvirt.lookupByUUIDString(uid).state()[0] == libvirt.VIR_DOMAIN_SHUTOFF

@@ -32,6 +32,9 @@ def _decide(strategy: str, power: PowerState, reason: str, *, paused: bool = Fal
     ("Manual", "Destroyed", Action.NONE),
     ("Halted", "Crashed", Action.NONE),
     ("Halted", "Shutdown", Action.NONE),
+    ("Once", "Crashed", Action.NONE),
+    ("Once", "Shutdown", Action.NONE),
+    ("Once", "Destroyed", Action.NONE),
 ])
 def test_a_guest_that_stopped_by_itself_is_handled_per_run_strategy(strategy: str, reason: str,
                                                                      expected: Action) -> None:
@@ -49,7 +52,13 @@ def test_halted_stops_a_guest_started_from_outside() -> None:
     assert _decide("Halted", PAUSED, "User") == Action.STOP
 
 
-@pytest.mark.parametrize("strategy", ["Always", "RerunOnFailure", "Manual"])
+def test_once_runs_once_and_a_spec_change_does_not_start_it_again() -> None:
+    assert _decide("Once", SHUTOFF, "Unknown", first_start=True, believed_running=False) == Action.START
+    assert _decide("Once", SHUTOFF, "Shutdown", spec_changed=True, believed_running=False) == Action.NONE
+    assert _decide("Once", RUNNING, "Booted") == Action.NONE
+
+
+@pytest.mark.parametrize("strategy", ["Always", "RerunOnFailure", "Manual", "Once"])
 def test_first_start_starts_every_strategy_but_halted(strategy: str) -> None:
     assert _decide(strategy, SHUTOFF, "Unknown", first_start=True, believed_running=False) == Action.START
     assert _decide("Halted", SHUTOFF, "Unknown", first_start=True, believed_running=False) == Action.NONE

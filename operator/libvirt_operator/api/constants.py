@@ -15,6 +15,8 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 FINALIZER = f"{GROUP}/cleanup"
 # Set to any value to ask for a retry of a Failed VM (documented in the README).
 RETRY_ANNOTATION = f"{GROUP}/retry"
+# Set to a new value to ask for a graceful reboot of a running guest (reset after its grace period).
+RESTART_ANNOTATION = f"{GROUP}/restart"
 # Set by users or migration tooling: while present, evacuation clean-up keeps its hands off.
 MIGRATING_ANNOTATION = f"{GROUP}/migrating"
 

@@ -30,7 +30,7 @@ __all__ = [
     "parse_spec",
 ]
 
-RUN_STRATEGIES = ("Always", "RerunOnFailure", "Manual", "Halted")
+RUN_STRATEGIES = ("Always", "RerunOnFailure", "Manual", "Halted", "Once")
 BUSES = ("virtio", "sata", "scsi")
 MODELS = ("virtio", "e1000", "rtl8139")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import libvirt
 
-from libvirt_operator.api.constants import FINALIZER, MIGRATING_ANNOTATION, RETRY_ANNOTATION
+from libvirt_operator.api.constants import FINALIZER, MIGRATING_ANNOTATION, RESTART_ANNOTATION, RETRY_ANNOTATION
 from libvirt_operator.api.spec import Limits, SpecError, VMSpec, parse_spec
 from libvirt_operator.api.status import (
     Phase,
@@ -254,7 +254,9 @@ class Reconciler:
         decision = decide(run_strategy=spec.run_strategy, paused=spec.paused, observed=observed,
                           first_start=first_start, spec_changed=spec_changed, believed_running=believed_running)
         resuming = (first_pass and not first_start and believed_running and stopped
-                    and spec.run_strategy != "Halted")
+                    and spec.run_strategy != "Halted"
+                    # Once: a guest that stopped by itself while the operator was away has had its run.
+                    and not (spec.run_strategy == "Once" and observed.reason not in ("Unknown", "Daemon")))
         if resuming:
             # nova's resume_guests_state_on_host_boot: the status says it ran, libvirt says it is off.
             if not self.parts.settings.resume_guests_on_host_boot:
@@ -280,6 +282,7 @@ class Reconciler:
             return None
 
         extra: dict[str, Any] = dict(started or {})
+        restart_delay = await self._restart_request(rec, spec, dom, extra)
         if decision.action == Action.START:
             result = await self._start(rec, spec, dom, restart=decision.restart_by_policy)
             if result is None:
@@ -300,7 +303,41 @@ class Reconciler:
         fields, agent = await self._guest_fields(rec, spec, dom)
         extra.update(fields)
         await self._write_status(rec, self._observed_status(rec, spec, dom, extra=extra, agent=agent))
-        return None
+        return restart_delay
+
+    async def _restart_request(self, rec: VMRecord, spec: VMSpec, dom: domains.DomainState,
+                               extra: dict[str, Any]) -> float | None:
+        """The restart annotation: a new value reboots a running guest gracefully (guest agent, else ACPI),
+        with a reset if libvirt has not seen it reboot within the grace period. Returns a requeue delay."""
+        if rec.reboot_deadline is not None:
+            if rec.rebooted or not dom.active:
+                rec.reboot_deadline = None
+            elif time.monotonic() >= rec.reboot_deadline:
+                rec.reboot_deadline = None
+                logger.info("%s/%s: the guest did not reboot within its grace period: resetting", *rec.key)
+                await self.parts.conn.call("reset", lambda c: domains.reset(c, rec.uid))
+                self.parts.spawn(self.parts.post_event(rec.body, "Warning", "GuestReset",
+                                                       "the guest did not reboot within its grace period: reset"))
+            else:
+                return rec.reboot_deadline - time.monotonic()
+        token = str(((rec.acting_on or rec.body)["metadata"].get("annotations") or {}).get(RESTART_ANNOTATION, ""))
+        if not token or token == rec.status.get("observedRestart", ""):
+            return None
+        extra["observedRestart"] = token
+        if not dom.active or power_state(dom.state) != PowerState.RUNNING:
+            self.parts.spawn(self.parts.post_event(rec.body, "Normal", "RestartSkipped",
+                                                   f"{RESTART_ANNOTATION}={token}: the guest is not running"))
+            return None
+        agent = (get_condition(rec.status.get("conditions"), "AgentConnected") or {}).get("status") == "True"
+        grace = self._grace(rec, spec)
+        rec.rebooted = False
+        method = await self.parts.conn.call("reboot", lambda c: domains.reboot(c, rec.uid, agent=agent))
+        rec.reboot_deadline = time.monotonic() + grace
+        how = "the QEMU guest agent" if method == "agent" else "ACPI"
+        self.parts.spawn(self.parts.post_event(rec.body, "Normal", "Rebooting",
+                                               f"{RESTART_ANNOTATION}={token}: asked the guest to reboot through "
+                                               f"{how}; reset if it has not rebooted after {grace:g}s"))
+        return grace
 
     async def _internal_error(self, rec: VMRecord, dom: domains.DomainState) -> dict[str, Any]:
         """A pause nobody asked for: QEMU's own run state tells an internal error (a KVM that cannot run the

@@ -68,10 +68,12 @@ class LifecycleEvent:
 
 @dataclass(frozen=True)
 class AgentEvent:
-    """The QEMU guest agent of a domain connected (True) or disconnected (False)."""
+    """The QEMU guest agent of a domain connected (True) or disconnected (False); ``rebooted``: instead,
+    the guest rebooted (libvirt's REBOOT event: QEMU stays, so no lifecycle event says it)."""
 
     uuid: str
     connected: bool
+    rebooted: bool = False
 
 
 _BROKEN_CODES = {libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_ERR_NO_CONNECT,
@@ -355,6 +357,11 @@ class Connection:
             except libvirt.libvirtError as exc:  # test:// has no agents
                 logger.debug("%s has no agent lifecycle events: %s", self.uri, exc)
             try:
+                self._callback_ids.append(conn.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, self._reboot_callback, None))
+            except libvirt.libvirtError as exc:
+                logger.debug("%s has no reboot events: %s", self.uri, exc)
+            try:
                 conn.registerCloseCallback(self._close_callback, None)
             except libvirt.libvirtError as exc:
                 logger.debug("%s does not support close callbacks: %s", self.uri, exc)
@@ -374,6 +381,12 @@ class Connection:
     def _agent_callback(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, state: int, _reason: int,
                         _opaque: Any) -> None:
         item = AgentEvent(dom.UUIDString(), state == libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._deliver_agent, item)
+
+    def _reboot_callback(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, _opaque: Any) -> None:
+        item = AgentEvent(dom.UUIDString(), False, rebooted=True)
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._deliver_agent, item)

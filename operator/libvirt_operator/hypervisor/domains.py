@@ -170,6 +170,40 @@ def shutdown(conn: libvirt.virConnect, uuid: str, *, agent: bool = False) -> str
     return "acpi"
 
 
+def reboot(conn: libvirt.virConnect, uuid: str, *, agent: bool = False) -> str:
+    """Ask the guest to reboot: through the guest agent when ``agent`` (ACPI when it refuses), else ACPI.
+    Returns the way used ('' when the domain is not running)."""
+    dom = lookup(conn, uuid)
+    if dom is None or not dom.isActive():
+        return ""
+    if agent:
+        try:
+            dom.agentSetResponseTimeout(AGENT_SHUTDOWN_TIMEOUT, 0)
+            dom.reboot(libvirt.VIR_DOMAIN_REBOOT_GUEST_AGENT)
+            return "agent"
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return ""
+            logger.info("guest agent reboot of %s refused (%s): ACPI instead", uuid, exc.get_error_message())
+    try:
+        dom.reboot(libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
+    except libvirt.libvirtError as exc:
+        code = exc.get_error_code()
+        if code == libvirt.VIR_ERR_OPERATION_INVALID:
+            return ""
+        if code not in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_INVALID_ARG):
+            raise
+        dom.reboot(0)  # a driver without modes (test://): its default way
+    return "acpi"
+
+
+def reset(conn: libvirt.virConnect, uuid: str) -> None:
+    """Hard reset (the reset button): the fallback of a reboot the guest did not do."""
+    dom = lookup(conn, uuid)
+    if dom is not None and dom.isActive():
+        dom.reset(0)
+
+
 def destroy(conn: libvirt.virConnect, uuid: str) -> DomainState | None:
     """Hard power-off; idempotent (nova: an already shut-off domain is fine). Returns the state after
     it, None when the domain is gone (a transient one vanishes with its guest)."""

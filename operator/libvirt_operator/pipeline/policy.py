@@ -7,7 +7,12 @@ Pure functions, in the spirit of nova's ``_sync_instance_power_state`` and KubeV
 | Always         | restart                                | restart              | keep running         |
 | RerunOnFailure | restart                                | stay Stopped         | keep running         |
 | Manual         | record (Stopped)                       | record (Stopped)     | record (Running)     |
+| Once           | stay Stopped                           | stay Stopped         | record (Running)     |
 | Halted         | stay Stopped                           | stay Stopped         | stop it again        |
+
+Once (KubeVirt's): started when first created (or retried), then never again once it stopped, however it
+stopped; a spec change does not start it again either (Manual starts on a spec change only a VM never
+started).
 
 A restart by policy is a guest that stopped on its own and is started again by the strategy; a start the
 user asked for (the spec changed, e.g. Halted -> Always) is a start, never counted as a restart.
@@ -98,6 +103,8 @@ def decide(
             return Decision(Action.NONE, "clean guest shutdown: stays Stopped")
         if run_strategy == "Manual" and spec_changed and first_start:
             return Decision(Action.START, "first start")
+        if run_strategy == "Once":
+            return Decision(Action.NONE, f"runStrategy Once: ran once and stopped ({observed.reason}); stays Stopped")
         return Decision(Action.NONE, f"runStrategy {run_strategy}: recorded as stopped")
 
     if power in (PowerState.RUNNING, PowerState.BLOCKED):

@@ -46,6 +46,9 @@ class VMRecord:
     stop_started: float | None = None  # monotonic, when the graceful shutdown was asked for
     stop_method: str = ""  # agent | acpi
     stop_grace: float = 0.0
+    # A reboot asked for by the restart annotation: reset if the guest has not rebooted by then.
+    reboot_deadline: float | None = None
+    rebooted: bool = False  # libvirt's REBOOT event came since the request
 
     @property
     def uid(self) -> str:

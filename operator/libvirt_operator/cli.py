@@ -1,4 +1,5 @@
-"""Command line: ``libvirt-operator run`` (the operator) and ``libvirt-operator dev`` (local mode)."""
+"""Command line: ``libvirt-operator run`` (the operator), ``libvirt-operator dev`` (local mode) and
+``libvirt-operator console`` (a guest's serial console, console.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from libvirt_operator import __version__
+from libvirt_operator import __version__, console
 from libvirt_operator import settings as settings_mod
 
 
@@ -23,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
                          description="Run the operator for one node (in-cluster config and NODE_NAME when "
                                      "no flags are given). Every flag has an environment variable.")
     settings_mod.add_arguments(run)
+
+    sub.add_parser("console", help="attach to a VM's serial console on its node, or print its log (--log)",
+                   add_help=False)
 
     dev = sub.add_parser("dev", help="local mode: API emulator + the operator for one node",
                          description="Start the Kubernetes API emulator (NOT for production), install the "
@@ -50,6 +54,9 @@ def _setup_logging(level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["console"]:  # its own small parser: no operator settings
+        return console.main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "run":
         settings = settings_mod.from_namespace(args)

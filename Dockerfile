@@ -46,11 +46,12 @@ RUN --mount=type=secret,id=pip-ca \
 FROM ${BASE_IMAGE}
 ARG DEBIAN_FRONTEND=noninteractive
 # libvirt0: the client library libvirt-python loads; qemu-utils: qemu-img, which creates VM disks;
-# genisoimage: the cloud-init NoCloud seeds (ISO 9660, label cidata); python3 only where the base has no
-# Python (the venv's interpreter).
+# genisoimage: the cloud-init NoCloud seeds (ISO 9660, label cidata); libvirt-clients: virsh, for
+# `libvirt-operator console` (kubectl exec into the pod of the VM's node); python3 only where the base has
+# no Python (the venv's interpreter).
 RUN python=; command -v python3 >/dev/null || python=python3; \
     apt-get update \
-    && apt-get install -y --no-install-recommends libvirt0 qemu-utils genisoimage $python \
+    && apt-get install -y --no-install-recommends libvirt0 qemu-utils genisoimage libvirt-clients $python \
     && apt-get clean && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \

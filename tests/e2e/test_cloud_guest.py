@@ -1,0 +1,198 @@
+"""One real Debian guest (hack/guest-image.sh) through the operator, under the domain type --domain-type auto
+picks, on the real API server: everything a user does with kubectl, everything checked from outside.
+
+One VirtualMachine: direct kernel boot from the image directory, cloud-init user-data that writes a file,
+an SSH key in spec.sshAuthorizedKeys, a user-mode interface forwarding a port of 127.0.0.1 to the guest's
+SSH. Checked: SSH login with that key reads the file (so the seed reached cloud-init and the key was
+merged), status.interfaces / status.guestOS / AgentConnected from the guest agent, the serial console's log
+on the node holds the kernel's boot lines, the Node says which domain type and why, the restart annotation
+reboots the guest once (a new boot id, no restart counted, no stop), and runStrategy Halted stops the guest
+cleanly (guest agent, not the grace period's destroy) with Events saying so. The times (boot to SSH, reboot,
+clean shutdown) are printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import secrets
+import select
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from libvirt_operator.api.constants import RESTART_ANNOTATION
+from tests.conftest import REPO
+from tests.e2e.harness import OPERATOR, Cluster, free_port, poll, unique, vm_manifest
+
+SCRIPT = REPO / "hack" / "guest-image.sh"
+PROOF_FILE = "/var/lib/lvo-cloud-guest-proof"
+BOOT_TIMEOUT = 600.0  # TCG: about 35 s on an idle machine, minutes beside other suites' guests
+SHUTDOWN_GRACE = 120  # spec.terminationGracePeriodSeconds: a clean stop must finish well before it
+pytestmark = pytest.mark.timeout(1500 + BOOT_TIMEOUT + 2 * SHUTDOWN_GRACE)
+
+
+def _images(images: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("hack/guest-image.sh builds as root")
+    out = subprocess.run(["bash", str(SCRIPT), str(images)], capture_output=True, text=True, timeout=1500)
+    assert out.returncode == 0, f"hack/guest-image.sh failed:\n{out.stderr[-3000:]}"
+
+
+def _ssh(key: Path, port: int, command: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+         "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", "-i", str(key),
+         "-p", str(port), "debian@127.0.0.1", command],
+        capture_output=True, text=True, timeout=timeout)
+
+
+def _cat(key: Path, port: int, path: str) -> str | None:
+    out = _ssh(key, port, f"cat {path}")
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _console_prompt(name: str, timeout: float = 60.0) -> bytes:
+    """What `libvirt-operator console` shows on a terminal after a carriage return (until a login prompt
+    or the deadline); then it is left with its escape character."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the console on the pty
+        os.execvp(OPERATOR[0], [*OPERATOR, "console", f"default/{name}"])
+    seen = b""
+    deadline = time.monotonic() + timeout
+    sent_at = 0.0
+    try:
+        while b"login:" not in seen and time.monotonic() < deadline:
+            if time.monotonic() - sent_at > 5:  # getty answers a carriage return with its prompt
+                os.write(fd, b"\r")
+                sent_at = time.monotonic()
+            ready, _w, _x = select.select([fd], [], [], 0.5)
+            if ready:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:
+                    break
+        os.write(fd, b"\x1d")  # Ctrl+]
+        try:
+            poll(lambda: os.waitpid(pid, os.WNOHANG)[0] == pid, timeout=10, interval=0.1, what="the console to end")
+        except AssertionError:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    return seen
+
+
+def _condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == type_), {})
+
+
+def test_a_real_guest_boots_takes_cloud_init_and_a_key_reports_itself_and_stops_cleanly(
+        cluster: Cluster, make_operator: Any, dirs: tuple[Path, Path], node_name: str) -> None:
+    storage, images = dirs
+    _images(images)
+    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node_name}}
+    cluster.kubectl("create", "-f", "-", input_text=json.dumps(node))
+    try:
+        _boot_log_in_and_stop(cluster, make_operator, storage, images, node_name)
+    finally:
+        cluster.kubectl("delete", "node", node_name, "--ignore-not-found")
+
+
+def _boot_log_in_and_stop(cluster: Cluster, make_operator: Any, storage: Path, images: Path, node: str) -> None:
+    key = storage.parent / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "lvo-e2e", "-f", str(key)], check=True,
+                   timeout=30)
+    public_key = (storage.parent / "id_ed25519.pub").read_text().strip()
+    token = secrets.token_hex(16)
+    port = free_port()
+    name = unique("cloud")
+    user_data = "#cloud-config\n" + json.dumps({
+        "write_files": [{"path": PROOF_FILE, "content": token + "\n", "permissions": "0644"}]}) + "\n"
+    cmdline = (images / "debian-cloud.cmdline").read_text().strip()
+    manifest = vm_manifest(
+        name, node, memory="512Mi",
+        disks=[{"name": "root", "image": "debian-cloud.qcow2"}],
+        boot={"kernel": "debian-cloud.vmlinuz", "initrd": "debian-cloud.initrd", "cmdline": cmdline},
+        interfaces=[{"name": "net0", "user": {"portForwards": [{"port": 22, "hostPort": port}]}}],
+        cloudInit={"userData": user_data},
+        sshAuthorizedKeys=[public_key],
+        terminationGracePeriodSeconds=SHUTDOWN_GRACE,
+    )
+    proc = make_operator(node, "--domain-type", "auto")
+
+    applied = time.monotonic()
+    cluster.apply(manifest)
+    status = cluster.wait_phase(name, "Running", timeout=120)
+    console = Path(status["consoleLog"])
+    assert console.parent.parent == storage.resolve(), console
+    try:
+        seen = poll(lambda: _cat(key, port, PROOF_FILE), timeout=BOOT_TIMEOUT, interval=1.0,
+                    what=f"ssh -p {port} debian@127.0.0.1 cat {PROOF_FILE}")
+    except AssertionError as exc:
+        tail = console.read_text(errors="replace")[-3000:] if console.exists() else "(no console log)"
+        raise AssertionError(f"{exc}\nstatus: {cluster.status(name)}\nconsole:\n{tail}\n{proc.tail(80)}") from None
+    to_ssh = time.monotonic() - applied
+    assert seen == token, f"{PROOF_FILE} says {seen!r}; the user-data wrote {token!r}"
+
+    # The Node says which domain type the operator chose and why.
+    annotations = json.loads(cluster.kubectl("get", "node", node, "-o", "json"))["metadata"]["annotations"]
+    domain_type = annotations["virt.libvirt-operator.dev/domain-type"]
+    assert domain_type in ("kvm", "qemu") and annotations["virt.libvirt-operator.dev/domain-type-reason"]
+
+    # The guest agent reports the guest: addresses, OS, AgentConnected.
+    def reported() -> dict[str, Any] | None:
+        status = cluster.status(name)
+        nics = status.get("interfaces") or []
+        if _condition(status, "AgentConnected").get("status") == "True" and status.get("guestOS") \
+                and nics and nics[0].get("ipAddresses"):
+            return status
+        return None
+    status = poll(reported, timeout=180, interval=1.0, what="interfaces, guestOS and AgentConnected in the status")
+    assert status["interfaces"][0]["name"] == "net0" and status["interfaces"][0]["macAddress"]
+    assert "10.0.2.15" in status["interfaces"][0]["ipAddresses"], status["interfaces"]  # QEMU's user-mode DHCP
+    assert status["guestOS"]["id"] == "debian" and status["guestOS"]["hostname"] == name, status["guestOS"]
+    assert status["guestOS"]["kernelRelease"]
+
+    boot_log = console.read_text(errors="replace")
+    assert "Linux version" in boot_log, "the serial console's log has no kernel boot line"
+    printed = subprocess.run([*OPERATOR, "console", "--log", f"default/{name}"], capture_output=True, timeout=60)
+    assert printed.returncode == 0 and b"Linux version" in printed.stdout, printed.stderr
+    assert b"login:" in _console_prompt(name), "libvirt-operator console showed no login prompt"
+
+    # The restart annotation reboots the guest once, gracefully (a new boot id), as no restart and no stop.
+    boot_id = _cat(key, port, "/proc/sys/kernel/random/boot_id")
+    assert boot_id
+    cluster.kubectl("annotate", "lvm", name, f"{RESTART_ANNOTATION}=1")
+    asked = time.monotonic()
+    rebooted = poll(lambda: (b := _cat(key, port, "/proc/sys/kernel/random/boot_id")) and b != boot_id and b,
+                    timeout=BOOT_TIMEOUT, interval=1.0, what="the guest to come back with a new boot id")
+    to_reboot = time.monotonic() - asked
+    assert rebooted != boot_id
+    status = cluster.status(name)
+    assert status["phase"] == "Running" and not status.get("restarts"), status
+    assert status.get("observedRestart") == "1"
+    assert status.get("lastEvent", {}).get("type") != "Stopped", status.get("lastEvent")
+    reasons = cluster.event_reasons(name)
+    assert reasons.count("Rebooting") == 1 and "GuestReset" not in reasons, reasons
+    poll(lambda: _condition(cluster.status(name), "AgentConnected").get("status") == "True", timeout=180,
+         interval=1.0, what="the agent back after the reboot")
+
+    cluster.patch_spec(name, {"runStrategy": "Halted"})
+    asked = time.monotonic()
+    status = cluster.wait_phase(name, "Stopped", timeout=SHUTDOWN_GRACE + 60)
+    to_off = time.monotonic() - asked
+    assert status["lastEvent"]["detail"] == "Shutdown", status["lastEvent"]
+    reasons = cluster.event_reasons(name)
+    assert "ShuttingDown" in reasons and "GuestStopped" in reasons and "GuestDestroyed" not in reasons, reasons
+    stopped = [e["message"] for e in cluster.events_for(name) if e["reason"] == "GuestStopped"]
+    assert any("guest agent" in m for m in stopped), stopped
+    status = poll(lambda: (s := cluster.status(name)) and not s.get("guestOS") and s, timeout=30,
+                  what="guestOS cleared once the guest is off")
+    assert _condition(status, "AgentConnected").get("status") == "False"
+    print(f"\ncloud guest ({domain_type}): apply to SSH {to_ssh:.1f} s, restart annotation to SSH again "
+          f"{to_reboot:.1f} s, runStrategy Halted to Stopped {to_off:.1f} s ({stopped[-1]})")

@@ -196,3 +196,26 @@ def _boot_log_in_and_stop(cluster: Cluster, make_operator: Any, storage: Path, i
     assert _condition(status, "AgentConnected").get("status") == "False"
     print(f"\ncloud guest ({domain_type}): apply to SSH {to_ssh:.1f} s, restart annotation to SSH again "
           f"{to_reboot:.1f} s, runStrategy Halted to Stopped {to_off:.1f} s ({stopped[-1]})")
+
+
+def test_a_real_guest_that_kvm_cannot_run_shows_the_internal_error_not_a_pause(
+        cluster: Cluster, make_operator: Any, dirs: tuple[Path, Path], node_name: str) -> None:
+    """--domain-type kvm on a host whose KVM cannot run a Linux kernel (kvm_pvm): QEMU pauses the guest on
+    an internal error, and the status says so (reason InternalError, a Warning Event), not a user's pause."""
+    if not Path("/sys/module/kvm_pvm").exists():
+        pytest.skip("only a kvm_pvm host makes QEMU stop a real guest on an internal error")
+    _storage, images = dirs
+    _images(images)
+    name = unique("kvmfail")
+    cmdline = (images / "debian-cloud.cmdline").read_text().strip()
+    make_operator(node_name, "--domain-type", "kvm")
+    cluster.apply(vm_manifest(
+        name, node_name, memory="512Mi", disks=[{"name": "root", "image": "debian-cloud.qcow2"}],
+        boot={"kernel": "debian-cloud.vmlinuz", "initrd": "debian-cloud.initrd", "cmdline": cmdline},
+        terminationGracePeriodSeconds=5))
+    started = time.monotonic()
+    status = cluster.wait_phase(name, "Paused", timeout=BOOT_TIMEOUT, reason="InternalError")
+    print(f"\nkvm_pvm: a real kernel stopped on an internal error {time.monotonic() - started:.1f} s after apply")
+    assert "internal error" in status["message"] and "--domain-type" in status["message"], status
+    assert "GuestInternalError" in cluster.event_reasons(name)
+    cluster.kubectl("delete", "lvm", name, "--wait=true", "--timeout=120s")

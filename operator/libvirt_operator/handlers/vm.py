@@ -66,6 +66,8 @@ def _start_events(spec: VMSpec) -> tuple[str, ...]:
     return ("Started", "Suspended" if spec.paused else "Resumed")
 
 
+# Pauses whose libvirt reason does not say why: QEMU's own run state may (internal-error).
+UNEXPLAINED_PAUSES = frozenset({"Unknown", "Crashed", "APIError"})
 INTERNAL_ERROR_MESSAGE = ("QEMU stopped the guest on an internal error of the hypervisor (with KVM: it cannot run "
                           "this guest, e.g. a nested kvm_pvm host; run the operator with --domain-type auto or "
                           "qemu). It stays paused; stop and start it (runStrategy) to try again")
@@ -298,7 +300,7 @@ class Reconciler:
             extra["lastEvent"] = self._own_event("Resumed", "Unpaused")
 
         if dom.active and power_state(dom.state) == PowerState.PAUSED and not spec.paused \
-                and state_reason(dom.state, dom.reason) == "Unknown":
+                and state_reason(dom.state, dom.reason) in UNEXPLAINED_PAUSES:
             extra.update(await self._internal_error(rec, dom))
         fields, agent = await self._guest_fields(rec, spec, dom)
         extra.update(fields)

@@ -16,7 +16,7 @@ STAMP="$VENV/.setup-pyproject.sha256"
 REQUIRED_PKGS=(libvirt-daemon libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
                qemu-system-x86 qemu-utils genisoimage gcc python3-venv python3-dev
                openssl curl iproute2 containerd runc containernetworking-plugins)
-OPTIONAL_PKGS=(libvirt-daemon-driver-qemu)
+OPTIONAL_PKGS=(libvirt-daemon-driver-qemu ovmf)
 
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 

@@ -20,6 +20,7 @@ from libvirt_operator.api.spec import (
     DNS1123_LABEL,
     DNS1123_SUBDOMAIN,
     FILE_NAME,
+    FIRMWARES,
     MIN_HOST_PORT,
     MODELS,
     PROTOCOLS,
@@ -217,6 +218,7 @@ def test_schema_patterns_and_enums_are_the_parsers(schema: dict[str, Any]) -> No
     assert spec["runStrategy"]["enum"] == list(RUN_STRATEGIES)
     assert disk["bus"]["enum"] == list(BUSES)
     assert nic["model"]["enum"] == list(MODELS)
+    assert spec["firmware"]["enum"] == list(FIRMWARES)
 
 
 # --- a small OpenAPI validator, enough for this schema ----------------------------------------------

@@ -45,7 +45,7 @@ ALLOWED: dict[str, frozenset[str]] = {
         "domain/memory": {"unit"},
         "domain/currentMemory": {"unit"},
         "domain/vcpu": {"placement"},
-        "domain/os": set(),
+        "domain/os": {"firmware"},
         "domain/os/type": {"arch", "machine"},
         "domain/os/boot": {"dev"},
         "domain/os/kernel": set(),

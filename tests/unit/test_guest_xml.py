@@ -55,6 +55,7 @@ def test_a_guest_gets_kernel_boot_seed_cdrom_console_log_agent_channel_and_user_
     assert root.findtext("os/initrd") == str(IMAGES / "initrd.img")
     assert root.findtext("os/cmdline") == "root=/dev/vda rw console=ttyS0"
     assert root.find("os/boot") is None
+    assert root.find("os").get("firmware") == "efi"  # type: ignore[union-attr]
     cdrom = root.find("devices/disk[@device='cdrom']")
     assert cdrom is not None and cdrom.find("readonly") is not None
     assert cdrom.find("source").get("file") == str(STORAGE / own.uid / "cidata.iso")  # type: ignore[union-attr]
@@ -118,6 +119,7 @@ def test_kernel_boot_without_the_resolved_kernel_is_refused() -> None:
 @pytest.mark.parametrize(("change", "differs"), [
     ({"boot": {**GUEST["boot"], "cmdline": "quiet"}}, True),
     ({"interfaces": [{"name": "ssh", "user": {"portForwards": [{"port": 22, "hostPort": 2223}]}}]}, True),
+    ({"firmware": "bios"}, True),
     ({"cloudInit": {"userData": "#cloud-config\nruncmd: []\n"}}, False),  # the seed's file, not the domain
 ])
 def test_the_hardware_fingerprint_sees_boot_and_forward_changes(change: dict[str, Any], differs: bool) -> None:

@@ -42,6 +42,7 @@ GUEST: dict[str, Any] = {
     "sshAuthorizedKeys": [KEY],
     "boot": {"kernel": "vmlinuz", "initrd": "initrd.img", "cmdline": "root=/dev/vda rw console=ttyS0"},
     "terminationGracePeriodSeconds": 30,
+    "firmware": "uefi",
 }
 
 
@@ -212,6 +213,7 @@ BAD: list[tuple[str, str, Any, str]] = [
     ("negative grace", "terminationGracePeriodSeconds", -1, "spec.terminationGracePeriodSeconds"),
     ("grace too long", "terminationGracePeriodSeconds", 3601, "spec.terminationGracePeriodSeconds"),
     ("grace as string", "terminationGracePeriodSeconds", "30", "spec.terminationGracePeriodSeconds"),
+    ("unknown firmware", "firmware", "coreboot", "spec.firmware"),
 ]
 
 

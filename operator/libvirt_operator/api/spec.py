@@ -33,6 +33,7 @@ __all__ = [
 RUN_STRATEGIES = ("Always", "RerunOnFailure", "Manual", "Halted", "Once")
 BUSES = ("virtio", "sata", "scsi")
 MODELS = ("virtio", "e1000", "rtl8139")
+FIRMWARES = ("bios", "uefi")
 
 # Patterns shared with the CRD (tests check the two agree). Matched with fullmatch.
 DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
@@ -67,7 +68,7 @@ PROTOCOLS = ("TCP", "UDP")
 SSH_PUBLIC_KEY = r"(ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+|sk-[a-z0-9@.-]+) [A-Za-z0-9+/]+={0,3}( [^\r\n]*)?"
 
 _SPEC_FIELDS = frozenset({"nodeName", "runStrategy", "paused", "cpu", "memory", "disks", "interfaces",
-                          "cloudInit", "sshAuthorizedKeys", "boot", "terminationGracePeriodSeconds"})
+                          "cloudInit", "sshAuthorizedKeys", "boot", "terminationGracePeriodSeconds", "firmware"})
 _CPU_FIELDS = frozenset({"cores"})
 _DISK_FIELDS = frozenset({"name", "image", "size", "bus"})
 _INTERFACE_FIELDS = frozenset({"name", "network", "bridge", "user", "model", "macAddress"})
@@ -151,6 +152,7 @@ class VMSpec:
     ssh_authorized_keys: tuple[str, ...] = ()
     boot: BootSpec | None = None
     termination_grace_seconds: int | None = None  # None: the operator's --shutdown-timeout
+    firmware: str = "bios"  # bios (SeaBIOS) | uefi (OVMF, chosen by libvirt's firmware auto-selection)
 
     @property
     def wants_seed(self) -> bool:
@@ -159,7 +161,8 @@ class VMSpec:
 
     def hardware(self) -> tuple[object, ...]:
         """What only a domain redefinition (and a restart) can change; compare to detect RestartRequired."""
-        return (self.cores, self.memory_bytes, self.disks, self.interfaces, self.boot, self.wants_seed)
+        return (self.cores, self.memory_bytes, self.disks, self.interfaces, self.boot, self.wants_seed,
+                self.firmware)
 
 
 def parse_spec(spec: Mapping[str, Any], limits: Limits = Limits()) -> VMSpec:
@@ -191,6 +194,8 @@ def parse_spec(spec: Mapping[str, Any], limits: Limits = Limits()) -> VMSpec:
             raise SpecError(field, f"must be an integer number of seconds, not {_show(grace)}")
         if not 0 <= grace <= MAX_GRACE_SECONDS:
             raise SpecError(field, f"must be between 0 and {MAX_GRACE_SECONDS}, got {grace}")
+    firmware = _optional(spec, "firmware", "bios")
+    _check_enum(firmware, FIRMWARES, "spec.firmware")
     return VMSpec(
         node_name=node_name,
         run_strategy=run_strategy,
@@ -203,6 +208,7 @@ def parse_spec(spec: Mapping[str, Any], limits: Limits = Limits()) -> VMSpec:
         ssh_authorized_keys=keys,
         boot=boot,
         termination_grace_seconds=grace,
+        firmware=firmware,
     )
 
 

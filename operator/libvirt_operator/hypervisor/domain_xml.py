@@ -118,6 +118,8 @@ def build_domain_xml(
     ET.SubElement(domain, "vcpu", placement="static").text = str(spec.cores)
 
     os_el = ET.SubElement(domain, "os")
+    if spec.firmware == "uefi":
+        os_el.set("firmware", "efi")  # libvirt picks OVMF from the host's firmware descriptors
     os_type = ET.SubElement(os_el, "type", arch=arch)
     if machine is not None:
         os_type.set("machine", machine)

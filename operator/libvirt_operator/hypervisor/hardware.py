@@ -26,6 +26,7 @@ class Hardware(NamedTuple):
     nics: tuple[Nic, ...]  # in document order: it is the guest's NIC order
     boot: tuple[str, str, str] = ("", "", "")  # direct kernel boot: kernel, initrd, cmdline
     qemu_args: tuple[str, ...] = ()  # <qemu:commandline>: the user-mode NICs
+    firmware: str = ""  # <os firmware='efi'> (libvirt keeps the attribute in the definition)
 
 
 _QEMU_ARG = "{http://libvirt.org/schemas/domain/qemu/1.0}"
@@ -60,7 +61,10 @@ def fingerprint(xml: str) -> Hardware:
         ))
     boot = tuple((root.findtext(f"./os/{tag}") or "").strip() for tag in ("kernel", "initrd", "cmdline"))
     qemu_args = tuple(arg.get("value", "") for arg in root.findall(f"./{_QEMU_ARG}commandline/{_QEMU_ARG}arg"))
-    return Hardware(memory, vcpus, tuple(sorted(disks)), tuple(nics), (boot[0], boot[1], boot[2]), qemu_args)
+    os_el = root.find("os")
+    firmware = (os_el.get("firmware") or "") if os_el is not None else ""
+    return Hardware(memory, vcpus, tuple(sorted(disks)), tuple(nics), (boot[0], boot[1], boot[2]), qemu_args,
+                    firmware)
 
 
 def differs(wanted: str, current: str) -> bool:

@@ -21,10 +21,12 @@ from libvirt_operator.api.spec import (
     DNS1123_SUBDOMAIN,
     FILE_NAME,
     FIRMWARES,
+    IMAGE_PATTERN,
     MIN_HOST_PORT,
     MODELS,
     PROTOCOLS,
     RUN_STRATEGIES,
+    SHA256_HEX,
     SSH_PUBLIC_KEY,
     UNICAST_MAC,
     SpecError,
@@ -205,7 +207,9 @@ def test_schema_patterns_and_enums_are_the_parsers(schema: dict[str, Any]) -> No
     nic = spec["interfaces"]["items"]["properties"]
     assert spec["nodeName"]["pattern"] == f"^{DNS1123_SUBDOMAIN}$"
     assert disk["name"]["pattern"] == nic["name"]["pattern"] == f"^{DNS1123_LABEL}$"
-    assert disk["image"]["pattern"] == nic["network"]["pattern"] == nic["bridge"]["pattern"] == f"^{FILE_NAME}$"
+    assert nic["network"]["pattern"] == nic["bridge"]["pattern"] == f"^{FILE_NAME}$"
+    assert disk["image"]["pattern"] == f"^({IMAGE_PATTERN})$"
+    assert disk["sha256"]["pattern"] == f"^{SHA256_HEX}$"
     assert nic["macAddress"]["pattern"] == f"^{UNICAST_MAC}$"
     assert spec["sshAuthorizedKeys"]["items"]["pattern"] == f"^{SSH_PUBLIC_KEY}$"
     assert spec["cloudInit"]["properties"]["secretRef"]["properties"]["name"]["pattern"] == f"^{DNS1123_SUBDOMAIN}$"
@@ -289,7 +293,8 @@ def prune(node: dict[str, Any], value: Any) -> Any:
 NODE_ONLY = {
     "cores beyond node", "memory beyond node", "size beyond node", "memory too small", "size below minimum",
     "unknown disk field", "unknown spec field", "unknown cpu field", "secretRef with inline data",
-    "unknown cloudInit field",
+    "unknown cloudInit field", "refused URL scheme", "URL with credentials", "image too long",
+    "URL without sha256", "sha256 for a file name",
 }
 
 

@@ -214,6 +214,10 @@ BAD: list[tuple[str, str, Any, str]] = [
     ("grace too long", "terminationGracePeriodSeconds", 3601, "spec.terminationGracePeriodSeconds"),
     ("grace as string", "terminationGracePeriodSeconds", "30", "spec.terminationGracePeriodSeconds"),
     ("unknown firmware", "firmware", "coreboot", "spec.firmware"),
+    ("refused URL scheme", "disks.0.image", "ftp://127.0.0.1/debian.qcow2", "spec.disks[0].image"),
+    ("URL with credentials", "disks.0.image", "http://u:p@127.0.0.1/x.qcow2", "spec.disks[0].image"),
+    ("URL without sha256", "disks.0.image", "http://127.0.0.1/x.qcow2", "spec.disks[0].sha256"),
+    ("sha256 for a file name", "disks.0.sha256", "a" * 64, "spec.disks[0].sha256"),
 ]
 
 

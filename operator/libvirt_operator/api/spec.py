@@ -70,7 +70,7 @@ SSH_PUBLIC_KEY = r"(ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+|sk-[a-z0-9@.-]+) [A-Za-
 _SPEC_FIELDS = frozenset({"nodeName", "runStrategy", "paused", "cpu", "memory", "disks", "interfaces",
                           "cloudInit", "sshAuthorizedKeys", "boot", "terminationGracePeriodSeconds", "firmware"})
 _CPU_FIELDS = frozenset({"cores"})
-_DISK_FIELDS = frozenset({"name", "image", "size", "bus"})
+_DISK_FIELDS = frozenset({"name", "image", "size", "bus", "sha256"})
 _INTERFACE_FIELDS = frozenset({"name", "network", "bridge", "user", "model", "macAddress"})
 _USER_FIELDS = frozenset({"portForwards"})
 _FORWARD_FIELDS = frozenset({"port", "hostPort", "protocol"})
@@ -78,6 +78,15 @@ _CLOUD_INIT_FIELDS = frozenset({"userData", "networkData", "secretRef"})
 _SECRET_REF_FIELDS = frozenset({"name"})
 _BOOT_FIELDS = frozenset({"kernel", "initrd", "cmdline"})
 _SSH_KEY = re.compile(SSH_PUBLIC_KEY)
+URL_SCHEMES = ("http", "https")
+MAX_URL_LENGTH = 2048
+# An http(s) URL: a host, no credentials, no whitespace or control characters (shared with the CRD).
+IMAGE_URL = r"https?://[A-Za-z0-9.\[\]:-]+(/[^\s@]*)?"
+SHA256_HEX = r"[0-9a-fA-F]{64}"
+# What the CRD lets through as an image: a file name or anything URL-shaped (the node names a refused scheme).
+IMAGE_PATTERN = rf"{FILE_NAME}|[A-Za-z][A-Za-z0-9+.-]*://\S+"
+_URL = re.compile(IMAGE_URL)
+_SHA256 = re.compile(SHA256_HEX)
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -95,9 +104,18 @@ class Limits:
 @dataclass(frozen=True)
 class DiskSpec:
     name: str
-    image: str | None
+    image: str | None  # a file name in the image directory, or an http(s) URL (then sha256 is set)
     size_bytes: int | None
     bus: str
+    sha256: str | None = None  # lower-case hex
+
+    @property
+    def image_url(self) -> str | None:
+        return self.image if self.image is not None and is_url(self.image) else None
+
+
+def is_url(image: str) -> bool:
+    return image.startswith(("http://", "https://"))
 
 
 @dataclass(frozen=True)
@@ -340,8 +358,18 @@ def _parse_disks(spec: Mapping[str, Any], limits: Limits) -> tuple[DiskSpec, ...
         seen.add(name)
 
         image = _optional(item, "image", None)
-        if image is not None:
+        sha256 = _optional(item, "sha256", None)
+        if isinstance(image, str) and "://" in image:
+            _check_url(image, f"{path}.image")
+            if sha256 is None:
+                raise SpecError(f"{path}.sha256", "is required with a URL image (the SHA-256 of the file, in hex)")
+        elif image is not None:
             _check_file_name(image, f"{path}.image")
+        if sha256 is not None:
+            if not (isinstance(image, str) and is_url(image)):
+                raise SpecError(f"{path}.sha256", "applies to a URL image only")
+            _check_pattern(sha256, _SHA256, 64, f"{path}.sha256", "a SHA-256 in hex (64 digits)")
+            sha256 = sha256.lower()
 
         size: int | None = None
         if item.get("size") is not None:
@@ -357,7 +385,7 @@ def _parse_disks(spec: Mapping[str, Any], limits: Limits) -> tuple[DiskSpec, ...
 
         bus = _optional(item, "bus", "virtio")
         _check_enum(bus, BUSES, f"{path}.bus")
-        disks.append(DiskSpec(name=name, image=image, size_bytes=size, bus=bus))
+        disks.append(DiskSpec(name=name, image=image, size_bytes=size, bus=bus, sha256=sha256))
     return tuple(disks)
 
 
@@ -459,6 +487,16 @@ def _parse_mac(value: object, field: str) -> str:
             raise SpecError(field, f"{_show(value)} is a multicast address; the first octet must be even")
         raise SpecError(field, f"{_show(value)} is not a MAC address like 52:54:00:12:34:56")
     return value.lower()
+
+
+def _check_url(value: str, field: str) -> None:
+    scheme = value.split("://", 1)[0].lower()
+    if scheme not in URL_SCHEMES:
+        raise SpecError(field, f"URL scheme {scheme[:20]!r} is refused: only http and https images are downloaded")
+    if len(value) > MAX_URL_LENGTH:
+        raise SpecError(field, f"must be at most {MAX_URL_LENGTH} characters, got {len(value)}")
+    if not _URL.fullmatch(value):
+        raise SpecError(field, f"{_show(value)} is not an http(s) URL (no spaces, no user:password@)")
 
 
 def _check_file_name(value: object, field: str) -> None:

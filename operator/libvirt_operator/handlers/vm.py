@@ -32,7 +32,7 @@ from libvirt_operator.api.status import (
     state_reason,
 )
 from libvirt_operator.context import VMParts
-from libvirt_operator.hypervisor import domains, guest, hardware, seed
+from libvirt_operator.hypervisor import domains, guest, hardware, image_import, seed
 from libvirt_operator.hypervisor.bridges import bridge_problem, read_bridge
 from libvirt_operator.hypervisor.connection import HypervisorError, HypervisorUnavailable, Retry, start_retry
 from libvirt_operator.hypervisor.domain_xml import Owner, build_domain_xml, field_named_by
@@ -64,6 +64,16 @@ NOTABLE: dict[tuple[str, str], tuple[str, str]] = {
 def _start_events(spec: VMSpec) -> tuple[str, ...]:
     # QEMU starts paused and libvirt then reports RESUMED and STARTED; a paused start, SUSPENDED.
     return ("Started", "Suspended" if spec.paused else "Resumed")
+
+
+IMPORT_PROGRESS_EVERY = 2.0  # seconds between status updates of a download
+
+
+def _download_message(field: str, url: str, progress: Mapping[str, Any]) -> str:
+    """Pure: the status message of a download in progress."""
+    done, total = int(progress.get("done") or 0), progress.get("total")
+    of = f" of {int(total) / 2**20:.1f} MiB ({100 * done // max(int(total), 1)}%)" if total else ""
+    return f"{field}: downloading {url}: {done / 2**20:.1f} MiB{of}"
 
 
 # Pauses whose libvirt reason does not say why: QEMU's own run state may (internal-error).
@@ -432,8 +442,11 @@ class Reconciler:
     def _disk_files(self, rec: VMRecord, spec: VMSpec) -> dict[str, list[str]]:
         """Each disk's own file, then its image's: the names libvirt quotes when a disk is the problem."""
         storage = self.parts.storage
-        return {d.name: [str(storage.disk_path(rec.uid, d.name))]
-                + ([str(storage.image_dir / d.image)] if d.image else []) for d in spec.disks}
+        def base(d: Any) -> list[str]:
+            if d.image_url is not None and d.sha256 is not None:
+                return [str(image_import.cached_path(storage.storage_dir, d.sha256))]
+            return [str(storage.image_dir / d.image)] if d.image else []
+        return {d.name: [str(storage.disk_path(rec.uid, d.name)), *base(d)] for d in spec.disks}
 
     def _grace(self, rec: VMRecord, spec: VMSpec | None) -> float:
         if spec is None:  # deletion: the spec as it was, if it still parses
@@ -539,6 +552,7 @@ class Reconciler:
         await self._check_networks(spec)
         storage = self.parts.storage
         owner = Owner(namespace=meta["namespace"], name=meta["name"], uid=rec.uid, node=self.parts.settings.node_name)
+        await self._import_images(rec, spec)
         files = await self._seed_files(rec, spec)
 
         def build() -> tuple[str, bool]:  # off the loop: disk and seed creation, path resolution
@@ -555,6 +569,33 @@ class Reconciler:
                                    console_log=storage.console_log_path(rec.uid), kernel=kernel, initrd=initrd)
             return xml, changed
         return await asyncio.to_thread(build)
+
+    async def _import_images(self, rec: VMRecord, spec: VMSpec) -> None:
+        """URL images downloaded into the node's cache (once, verified), with the progress in status.message."""
+        storage_dir = self.parts.storage.storage_dir
+        for index, disk in enumerate(spec.disks):
+            url, sha256 = disk.image_url, disk.sha256
+            if url is None or sha256 is None or image_import.cached_path(storage_dir, sha256).is_file():
+                continue
+            progress: dict[str, Any] = {"done": 0, "total": None}
+
+            def note(done: int, total: int | None, progress: dict[str, Any] = progress) -> None:
+                progress["done"], progress["total"] = done, total  # from the download's thread
+            field = f"spec.disks[{index}]"
+            logger.info("%s/%s: downloading %s for %s", *rec.key, url, field)
+            task = asyncio.ensure_future(asyncio.to_thread(
+                image_import.fetch, url, sha256, storage_dir, field=field, max_bytes=self.limits.max_disk_bytes,
+                progress=note))
+            while not task.done():
+                await asyncio.wait([task], timeout=IMPORT_PROGRESS_EVERY)
+                if not task.done():
+                    await self._write_status(rec, {"message": _download_message(field, url, progress)})
+            try:
+                task.result()
+            except image_import.ImageImportError as exc:
+                raise StorageError(exc.field, exc.message) from None
+            await self._write_status(rec, {"message": ""})
+            await self.parts.post_event(rec.body, "Normal", "ImageImported", f"{field}: {url} downloaded and verified")
 
     def _write_seed(self, uid: str, files: Mapping[str, bytes]) -> tuple[Any, bool]:
         try:

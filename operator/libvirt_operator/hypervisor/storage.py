@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from libvirt_operator.api.spec import DNS1123_SUBDOMAIN, FILE_NAME, DiskSpec, VMSpec
+from libvirt_operator.hypervisor import image_import
 
 QEMU_IMG = "qemu-img"
 INFO_TIMEOUT = 30.0
@@ -125,7 +126,16 @@ class Storage:
             raise StorageError(field, f"image {image!r} is a symlink that leads outside the image directory")
         if not resolved.is_file():
             raise StorageError(field, f"image {image!r} is not a regular file")
+        return self._inspect_file(resolved, field, image)
 
+    def inspect_cached(self, url: str, sha256: str, field: str) -> ImageInfo:
+        """A downloaded image (image_import.fetch put it in the cache, verified), checked like a local one."""
+        path = image_import.cached_path(self.storage_dir, sha256)
+        if not path.is_file() or path.is_symlink():
+            raise StorageError(field, f"image {url!r} has not been downloaded")
+        return self._inspect_file(path, field, url)
+
+    def _inspect_file(self, resolved: Path, field: str, image: str) -> ImageInfo:
         info = self._qemu_img_info(resolved, field, image)
         fmt = info.get("format")
         if fmt not in IMAGE_FORMATS:
@@ -236,7 +246,10 @@ class Storage:
         size = None if disk.size_bytes is None else _round_up(disk.size_bytes, _SECTOR)
         command = [QEMU_IMG, "create", "-q", "-f", "qcow2"]
         if disk.image is not None:
-            base = self.inspect_image(disk.image, f"{field}.image")
+            if disk.image_url is not None and disk.sha256 is not None:
+                base = self.inspect_cached(disk.image_url, disk.sha256, f"{field}.image")
+            else:
+                base = self.inspect_image(disk.image, f"{field}.image")
             if size is not None and size < base.virtual_size:
                 raise StorageError(f"{field}.size", f"{size} bytes is smaller than image {disk.image!r} "
                                                     f"({base.virtual_size} bytes); disks can only grow")

@@ -13,12 +13,16 @@ clean shutdown) are printed.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
 import json
 import os
 import pty
 import secrets
 import select
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -87,6 +91,16 @@ def _console_prompt(name: str, timeout: float = 60.0) -> bytes:
     return seen
 
 
+def _crd_serves_guest_fields(cluster: Cluster) -> None:
+    """The shared control plane's CRD is this checkout's (the session applied it); another checkout's test
+    session applying an older one prunes these fields, which would fail this test for no fault of its own."""
+    crd = json.loads(cluster.kubectl("get", "crd", "virtualmachines.virt.libvirt-operator.dev", "-o", "json"))
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    missing = {"cloudInit", "sshAuthorizedKeys", "boot"} - set(spec)
+    assert not missing, (f"the served CRD lacks {sorted(missing)}: another test session replaced it with an older "
+                         "one; run again when it is done")
+
+
 def _condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions") or [] if c.get("type") == type_), {})
 
@@ -124,6 +138,7 @@ def _boot_log_in_and_stop(cluster: Cluster, make_operator: Any, storage: Path, i
         terminationGracePeriodSeconds=SHUTDOWN_GRACE,
     )
     proc = make_operator(node, "--domain-type", "auto")
+    _crd_serves_guest_fields(cluster)
 
     applied = time.monotonic()
     cluster.apply(manifest)
@@ -194,8 +209,69 @@ def _boot_log_in_and_stop(cluster: Cluster, make_operator: Any, storage: Path, i
     status = poll(lambda: (s := cluster.status(name)) and not s.get("guestOS") and s, timeout=30,
                   what="guestOS cleared once the guest is off")
     assert _condition(status, "AgentConnected").get("status") == "False"
+
+    # Once: started again (Always), switched to Once while it runs, then powered off from inside: it stays
+    # Stopped, also through a later pass (a spec change), with no restart counted.
+    cluster.patch_spec(name, {"runStrategy": "Always"})
+    asked = time.monotonic()
+    poll(lambda: _cat(key, port, PROOF_FILE), timeout=BOOT_TIMEOUT, interval=1.0, what="SSH after the start")
+    to_ssh_again = time.monotonic() - asked
+    cluster.patch_spec(name, {"runStrategy": "Once"})
+    poll(lambda: cluster.status(name).get("observedGeneration") == cluster.get(name)["metadata"]["generation"],
+         timeout=30, what="runStrategy Once observed")
+    _ssh(key, port, "sudo systemctl poweroff")
+    status = cluster.wait_phase(name, "Stopped", timeout=SHUTDOWN_GRACE)
+    cluster.patch_spec(name, {"cpu": {"cores": 2}})
+    generation = cluster.get(name)["metadata"]["generation"]  # type: ignore[index]
+    status = poll(lambda: (s := cluster.status(name)) and s.get("observedGeneration") == generation and s,
+                  timeout=60, what="the spec change observed")
+    assert status["phase"] == "Stopped" and not status.get("restarts"), status
+    assert cluster.event_reasons(name).count("RestartedByPolicy") == 0
     print(f"\ncloud guest ({domain_type}): apply to SSH {to_ssh:.1f} s, restart annotation to SSH again "
-          f"{to_reboot:.1f} s, runStrategy Halted to Stopped {to_off:.1f} s ({stopped[-1]})")
+          f"{to_reboot:.1f} s, runStrategy Halted to Stopped {to_off:.1f} s ({stopped[-1]}), "
+          f"Always to SSH {to_ssh_again:.1f} s")
+
+
+def test_url_images_and_secret_user_data_through_the_real_api_without_booting(
+        cluster: Cluster, make_operator: Any, dirs: tuple[Path, Path], node_name: str) -> None:
+    """No guest boots (runStrategy Halted: defined only). A URL image from a local HTTP server on 127.0.0.1:
+    the right checksum gives a domain whose disk is an overlay on the downloaded base, a wrong one Failed
+    naming spec.disks[0].sha256. A secretRef while the chart grants no Secret access (its default, which the
+    e2e identity has): Failed naming the field and the chart value, so the RBAC is as narrow as it says."""
+    storage, images = dirs
+    _images(images)
+    base = images / "debian-cloud.qcow2"
+    sha = hashlib.sha256(base.read_bytes()).hexdigest()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(images))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/debian-cloud.qcow2"
+    try:
+        make_operator(node_name)
+        _crd_serves_guest_fields(cluster)
+        good, bad, secret = unique("url-good"), unique("url-bad"), unique("secret")
+        cluster.apply(vm_manifest(good, node_name, run_strategy="Halted",
+                                  disks=[{"name": "root", "image": url, "sha256": sha}]))
+        cluster.apply(vm_manifest(bad, node_name, run_strategy="Halted",
+                                  disks=[{"name": "root", "image": url, "sha256": "0" * 64}]))
+        cluster.apply(vm_manifest(secret, node_name, run_strategy="Halted",
+                                  cloudInit={"secretRef": {"name": "some-user-data"}}))
+        cluster.wait_phase(good, "Stopped", timeout=300)
+        cached = storage / ".images" / sha
+        assert cached.read_bytes() == base.read_bytes()
+        disk = next(storage.glob("*/root.qcow2"))
+        info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", str(disk)], capture_output=True,
+                                         text=True, check=True, timeout=60).stdout)
+        assert info["backing-filename"] == str(cached.resolve())
+        assert "ImageImported" in cluster.event_reasons(good)
+        status = cluster.wait_phase(bad, "Failed", timeout=300)
+        assert status["message"].startswith("spec.disks[0].sha256: the image downloaded from"), status["message"]
+        status = cluster.wait_phase(secret, "Failed", timeout=60)
+        assert status["message"].startswith("spec.cloudInit.secretRef.name: the operator may not read Secret"), status
+        assert "cloudInit.secretNamespaces" in status["message"]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def test_a_real_guest_that_kvm_cannot_run_shows_the_internal_error_not_a_pause(

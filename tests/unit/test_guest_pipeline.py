@@ -26,6 +26,7 @@ env = test_event_pipeline.env  # the fixture: operator, API emulator and test://
 pytestmark = pytest.mark.skipif(shutil.which("genisoimage") is None or shutil.which("isoinfo") is None,
                                 reason="genisoimage/isoinfo not installed")
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7x user@host"
+OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC8y laptop"
 
 
 def _seed(env: Env, uid: str) -> Path:
@@ -74,10 +75,16 @@ async def test_a_secret_supplies_the_user_data_and_a_missing_one_fails_naming_th
     assert status["message"].startswith("spec.cloudInit.secretRef.name: Secret 'absent' not found"), status
 
     await _create_secret(env, "seed", {"userdata": "#cloud-config\nruncmd: [from-secret]\n"})
-    uid = await env.create("fromsecret", cloudInit={"secretRef": {"name": "seed"}}, sshAuthorizedKeys=[KEY])
+    await _create_secret(env, "keys", {"laptop": OTHER_KEY + "\n"})
+    uid = await env.create("fromsecret", cloudInit={"secretRef": {"name": "seed"}}, sshAuthorizedKeys=[KEY],
+                           sshAuthorizedKeysSecretRef={"name": "keys"})
     await until(lambda: env.status("fromsecret").get("phase") == "Running", what="Running")
     text = _user_data(_seed(env, uid))
-    assert "from-secret" in text and KEY in text
+    assert "from-secret" in text and KEY in text and OTHER_KEY in text
+    await env.create("nokeys", sshAuthorizedKeysSecretRef={"name": "absent-keys"})
+    status = await until(lambda: env.status("nokeys").get("phase") == "Failed" and env.status("nokeys"),
+                         what="Failed")
+    assert status["message"].startswith("spec.sshAuthorizedKeysSecretRef.name: Secret 'absent-keys' not found")
 
 
 async def test_keys_that_cannot_join_the_user_data_fail_naming_the_field(env: Env) -> None:

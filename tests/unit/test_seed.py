@@ -10,7 +10,14 @@ import pytest
 import yaml
 
 from libvirt_operator.api.quantity import SpecError
-from libvirt_operator.hypervisor.seed import SeedData, merged_user_data, secret_seed_data, seed_files, write_seed
+from libvirt_operator.hypervisor.seed import (
+    SeedData,
+    merged_user_data,
+    secret_seed_data,
+    secret_ssh_keys,
+    seed_files,
+    write_seed,
+)
 
 UID = "0b9a3c1e-2f4d-4e5a-8b6c-7d8e9f0a1b2c"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7x user@host"
@@ -103,3 +110,16 @@ def test_the_seed_is_an_iso_labelled_cidata_with_the_files_and_is_rebuilt_only_o
     assert iso.stat().st_ino != inode  # a new file: a running QEMU keeps reading the old one
     assert "runcmd" in _iso_file(iso, "user-data")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".cidata.iso.sha256", "cidata.iso"]
+
+
+def test_a_secrets_values_give_public_keys_one_per_line_each_once() -> None:
+    data = {"b": f"# laptop\n{OTHER}\n\n".encode(), "a": f"{KEY}\n{OTHER}\n".encode()}
+    assert secret_ssh_keys("keys", data, "spec.sshAuthorizedKeysSecretRef.name") == [KEY, OTHER]
+
+
+@pytest.mark.parametrize("data", [{}, {"a": b"# only a comment\n"}, {"a": b"not a key\n"}, {"a": b"\xff"},
+                                  {"a": f'command="/bin/sh" {KEY}'.encode()}])
+def test_a_secret_without_clean_key_lines_is_refused_naming_the_field(data: dict[str, bytes]) -> None:
+    with pytest.raises(SpecError) as caught:
+        secret_ssh_keys("keys", data, "spec.sshAuthorizedKeysSecretRef.name")
+    assert caught.value.field == "spec.sshAuthorizedKeysSecretRef.name" and "'keys'" in str(caught.value)

@@ -214,6 +214,8 @@ BAD: list[tuple[str, str, Any, str]] = [
     ("grace too long", "terminationGracePeriodSeconds", 3601, "spec.terminationGracePeriodSeconds"),
     ("grace as string", "terminationGracePeriodSeconds", "30", "spec.terminationGracePeriodSeconds"),
     ("unknown firmware", "firmware", "coreboot", "spec.firmware"),
+    ("keys secret not an object", "sshAuthorizedKeysSecretRef", "keys", "spec.sshAuthorizedKeysSecretRef"),
+    ("keys secret without name", "sshAuthorizedKeysSecretRef", {}, "spec.sshAuthorizedKeysSecretRef.name"),
     ("refused URL scheme", "disks.0.image", "ftp://127.0.0.1/debian.qcow2", "spec.disks[0].image"),
     ("URL with credentials", "disks.0.image", "http://u:p@127.0.0.1/x.qcow2", "spec.disks[0].image"),
     ("URL without sha256", "disks.0.image", "http://127.0.0.1/x.qcow2", "spec.disks[0].sha256"),

@@ -68,7 +68,8 @@ PROTOCOLS = ("TCP", "UDP")
 SSH_PUBLIC_KEY = r"(ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+|sk-[a-z0-9@.-]+) [A-Za-z0-9+/]+={0,3}( [^\r\n]*)?"
 
 _SPEC_FIELDS = frozenset({"nodeName", "runStrategy", "paused", "cpu", "memory", "disks", "interfaces",
-                          "cloudInit", "sshAuthorizedKeys", "boot", "terminationGracePeriodSeconds", "firmware"})
+                          "cloudInit", "sshAuthorizedKeys", "sshAuthorizedKeysSecretRef", "boot",
+                          "terminationGracePeriodSeconds", "firmware"})
 _CPU_FIELDS = frozenset({"cores"})
 _DISK_FIELDS = frozenset({"name", "image", "size", "bus", "sha256"})
 _INTERFACE_FIELDS = frozenset({"name", "network", "bridge", "user", "model", "macAddress"})
@@ -171,11 +172,12 @@ class VMSpec:
     boot: BootSpec | None = None
     termination_grace_seconds: int | None = None  # None: the operator's --shutdown-timeout
     firmware: str = "bios"  # bios (SeaBIOS) | uefi (OVMF, chosen by libvirt's firmware auto-selection)
+    ssh_keys_secret: str | None = None  # a Secret whose values are public key lines
 
     @property
     def wants_seed(self) -> bool:
         """Whether the guest gets a NoCloud seed (cloud-init data or SSH keys to hand over)."""
-        return self.cloud_init is not None or bool(self.ssh_authorized_keys)
+        return self.cloud_init is not None or bool(self.ssh_authorized_keys) or self.ssh_keys_secret is not None
 
     def hardware(self) -> tuple[object, ...]:
         """What only a domain redefinition (and a restart) can change; compare to detect RestartRequired."""
@@ -212,6 +214,15 @@ def parse_spec(spec: Mapping[str, Any], limits: Limits = Limits()) -> VMSpec:
             raise SpecError(field, f"must be an integer number of seconds, not {_show(grace)}")
         if not 0 <= grace <= MAX_GRACE_SECONDS:
             raise SpecError(field, f"must be between 0 and {MAX_GRACE_SECONDS}, got {grace}")
+    keys_secret: str | None = None
+    ref = spec.get("sshAuthorizedKeysSecretRef")
+    if ref is not None:
+        where = "spec.sshAuthorizedKeysSecretRef"
+        if not isinstance(ref, Mapping):
+            raise SpecError(where, f"must be an object such as {{name: my-keys}}, not {_type_name(ref)}")
+        _no_unknown_fields(ref, _SECRET_REF_FIELDS, where)
+        keys_secret = _required_str(ref, "name", f"{where}.name")
+        _check_pattern(keys_secret, _SUBDOMAIN, 253, f"{where}.name", "a Secret name (DNS-1123 subdomain)")
     firmware = _optional(spec, "firmware", "bios")
     _check_enum(firmware, FIRMWARES, "spec.firmware")
     return VMSpec(
@@ -227,6 +238,7 @@ def parse_spec(spec: Mapping[str, Any], limits: Limits = Limits()) -> VMSpec:
         boot=boot,
         termination_grace_seconds=grace,
         firmware=firmware,
+        ssh_keys_secret=keys_secret,
     )
 
 

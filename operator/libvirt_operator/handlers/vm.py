@@ -609,24 +609,32 @@ class Reconciler:
             return None
         meta = rec.body["metadata"]
         ci = spec.cloud_init
+        keys = list(spec.ssh_authorized_keys)
+        if spec.ssh_keys_secret is not None:
+            field = "spec.sshAuthorizedKeysSecretRef.name"
+            data = await self._secret(rec, spec.ssh_keys_secret, field)
+            keys += [k for k in seed.secret_ssh_keys(spec.ssh_keys_secret, data, field) if k not in keys]
         if ci is not None and ci.secret_name is not None:
-            field = "spec.cloudInit.secretRef.name"
-            try:
-                data = await self.parts.kube.get_secret_data(meta["namespace"], ci.secret_name)
-            except KubeError as exc:
-                if exc.status == 404:
-                    raise SpecError(field, f"Secret {ci.secret_name!r} not found in namespace {meta['namespace']}; "
-                                    f"create it, then set the annotation {RETRY_ANNOTATION}") from None
-                if exc.status == 403:
-                    raise SpecError(field, f"the operator may not read Secret {ci.secret_name!r} in namespace "
-                                    f"{meta['namespace']}: grant it get on Secrets there (the chart's "
-                                    "cloudInit.secretNamespaces)") from None
-                raise
-            seed_data = seed.secret_seed_data(ci.secret_name, data, spec.ssh_authorized_keys)
+            data = await self._secret(rec, ci.secret_name, "spec.cloudInit.secretRef.name")
+            seed_data = seed.secret_seed_data(ci.secret_name, data, keys)
         else:
             seed_data = SeedData(user_data=ci.user_data if ci else None, network_data=ci.network_data if ci else None,
-                                 ssh_authorized_keys=spec.ssh_authorized_keys)
+                                 ssh_authorized_keys=tuple(keys))
         return seed.seed_files(uid=rec.uid, name=meta["name"], data=seed_data)
+
+    async def _secret(self, rec: VMRecord, name: str, field: str) -> dict[str, bytes]:
+        """A Secret of the VM's namespace; not found or not readable: SpecError naming ``field``."""
+        namespace = rec.body["metadata"]["namespace"]
+        try:
+            return await self.parts.kube.get_secret_data(namespace, name)
+        except KubeError as exc:
+            if exc.status == 404:
+                raise SpecError(field, f"Secret {name!r} not found in namespace {namespace}; create it, then set "
+                                f"the annotation {RETRY_ANNOTATION}") from None
+            if exc.status == 403:
+                raise SpecError(field, f"the operator may not read Secret {name!r} in namespace {namespace}: grant "
+                                "it get on Secrets there (the chart's cloudInit.secretNamespaces)") from None
+            raise
 
     async def _refresh_seed(self, rec: VMRecord, spec: VMSpec) -> bool:
         """Before a start: the seed made current (a Secret may have changed). True when it was rewritten."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import secrets
 import subprocess
 import tempfile
@@ -23,13 +24,14 @@ from typing import Any
 import yaml
 
 from libvirt_operator.api.quantity import SpecError
-from libvirt_operator.api.spec import MAX_CLOUD_INIT_BYTES
+from libvirt_operator.api.spec import MAX_CLOUD_INIT_BYTES, MAX_SSH_KEY_LENGTH, MAX_SSH_KEYS, SSH_PUBLIC_KEY
 
 GENISOIMAGE = "genisoimage"
 SEED_NAME = "cidata.iso"
 VOLUME_LABEL = "cidata"
 ISO_TIMEOUT = 60.0
 CLOUD_CONFIG_HEADER = "#cloud-config"
+_SSH_KEY = re.compile(SSH_PUBLIC_KEY)
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,31 @@ def secret_seed_data(secret_name: str, data: Mapping[str, bytes], keys: Sequence
             raise SpecError(field, f"Secret {secret_name!r}: key {key} is not UTF-8 text") from None
     return SeedData(user_data=text("userdata"), network_data=text("networkdata"),
                     ssh_authorized_keys=tuple(keys), user_data_field=f"Secret {secret_name!r} key userdata")
+
+
+def secret_ssh_keys(secret_name: str, data: Mapping[str, bytes], field: str) -> list[str]:
+    """Pure: the public keys of a Secret: every line of every value (KubeVirt's accessCredentials), in key
+    order; blank lines and # comments skipped; anything else that is no key line is refused naming ``field``."""
+    keys: list[str] = []
+    for key in sorted(data):
+        try:
+            text = data[key].decode("utf-8")
+        except UnicodeDecodeError:
+            raise SpecError(field, f"Secret {secret_name!r}: key {key} is not UTF-8 text") from None
+        for number, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if len(line) > MAX_SSH_KEY_LENGTH or not _SSH_KEY.fullmatch(line):
+                raise SpecError(field, f"Secret {secret_name!r}: key {key} line {number} is not an OpenSSH public "
+                                       "key line")
+            if line not in keys:
+                keys.append(line)
+    if not keys:
+        raise SpecError(field, f"Secret {secret_name!r} holds no public key")
+    if len(keys) > MAX_SSH_KEYS:
+        raise SpecError(field, f"Secret {secret_name!r} holds {len(keys)} keys; at most {MAX_SSH_KEYS} are allowed")
+    return keys
 
 
 def _hostname(name: str) -> str:

@@ -9,6 +9,9 @@ Pure functions, in the spirit of nova's ``_sync_instance_power_state`` and KubeV
 | Manual         | record (Stopped)                       | record (Stopped)     | record (Running)     |
 | Halted         | stay Stopped                           | stay Stopped         | stop it again        |
 
+A guest shut off because it migrated away (shut-off reason Migrated) is never started again, whatever
+the strategy: it runs on the other node.
+
 A restart by policy is a guest that stopped on its own and is started again by the strategy; a start the
 user asked for (the spec changed, e.g. Halted -> Always) is a start, never counted as a restart.
 
@@ -69,6 +72,9 @@ def decide(
     """
     power = observed.power
     stopped = power in (PowerState.SHUTOFF, PowerState.CRASHED, PowerState.NO_STATE)
+    if stopped and observed.reason == "Migrated":
+        # Its guest runs on another node now (a live migration): starting it here would make two.
+        return Decision(Action.NONE, "migrated away: the guest runs on another node")
 
     if run_strategy == "Halted":
         if stopped:

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from libvirt_operator import settings as settings_mod
-from libvirt_operator.api.constants import CRD_NAME, GROUP, PLURAL, VERSION
+from libvirt_operator.api.constants import CRD_NAME, GROUP, MIGRATION_CRD_NAME, MIGRATION_PLURAL, PLURAL, VERSION
 from libvirt_operator.kube.lease import LeaseConfig
 from tests.conftest import REPO
 from tests.helm.conftest import CHART, NAMESPACE, RELEASE, Helm, Manifest, Rendered
@@ -58,6 +58,8 @@ CLUSTER_GRANTS = {
     ("", "nodes/status"): {"get", "patch"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
     ("", "namespaces"): {"list", "watch"},
+    (GROUP, MIGRATION_PLURAL): {"get", "list", "watch"},
+    (GROUP, f"{MIGRATION_PLURAL}/status"): {"get", "patch"},
 }
 NAMESPACE_GRANTS = {("coordination.k8s.io", "leases"): {"get", "list", "watch", "create", "update", "patch"}}
 NODE_RESTRICTION_KINDS = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")  # cluster-scoped
@@ -165,7 +167,7 @@ def test_default_render_holds_the_operator_objects_and_no_service_monitor(defaul
 
 def test_crd_is_installed_from_the_crds_directory(helm: Helm) -> None:
     crds = helm.template(None, "--include-crds").all("CustomResourceDefinition")
-    assert [crd["metadata"]["name"] for crd in crds] == [CRD_NAME]
+    assert sorted(crd["metadata"]["name"] for crd in crds) == sorted([CRD_NAME, MIGRATION_CRD_NAME])
 
 
 def test_service_monitor_scrapes_the_metrics_service_port(custom_render: Rendered) -> None:
@@ -501,7 +503,8 @@ def test_node_restriction_policy_confines_the_release_service_account_writes_to_
                for group in rule["apiGroups"] for resource in rule["resources"]}
     writes = {key for key, verbs in CLUSTER_GRANTS.items() if verbs & {"create", "update", "patch", "delete"}
               and key[1] != "events" and not key[1].endswith("/finalizers")}  # finalizers: RBAC-only, an UPDATE
-    assert writes == {(GROUP, PLURAL), (GROUP, f"{PLURAL}/status"), ("", "nodes"), ("", "nodes/status")}
+    assert writes == {(GROUP, PLURAL), (GROUP, f"{PLURAL}/status"), ("", "nodes"), ("", "nodes/status"),
+                      (GROUP, f"{MIGRATION_PLURAL}/status")}
     assert all("UPDATE" in matched.get(key, set()) for key in writes), matched
     assert not [key for key in matched if key[1] == "events"]
     assert "authentication.kubernetes.io/node-name" in json.dumps(spec["variables"])

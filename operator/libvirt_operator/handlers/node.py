@@ -19,6 +19,7 @@ import libvirt
 
 from libvirt_operator.api.constants import (
     GROUP,
+    MIGRATION_URI_ANNOTATION,
     NODE_CONDITION_TYPE,
     NODE_LABEL_OWNER_ANNOTATION,
     NODE_SCHEDULABLE_LABEL,
@@ -139,6 +140,8 @@ class NodeReporter:
             f"{GROUP}/libvirt-version": info.libvirt_version,
             f"{GROUP}/hypervisor-version": info.hypervisor_version,
         }
+        if self.settings.migration_uri:  # where a source node's libvirtd sends a live migration
+            annotations[MIGRATION_URI_ANNOTATION] = self.settings.migration_uri
         try:
             await self.kube.patch_node(self.settings.node_name,
                                           {"metadata": {"labels": labels, "annotations": annotations}})

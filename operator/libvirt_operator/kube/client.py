@@ -30,7 +30,7 @@ import kubernetes.aio.client
 import kubernetes.aio.config
 from kubernetes.aio.client.exceptions import ApiException
 
-from libvirt_operator.api.constants import GROUP, KIND, PLURAL, VERSION
+from libvirt_operator.api.constants import GROUP, KIND, MIGRATION_PLURAL, PLURAL, VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +174,27 @@ class KubeClient:
             if exc.not_found:
                 return None
             raise
+
+    # --- VirtualMachineMigrations ---------------------------------------------------------------
+
+    async def list_migrations(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        def fn() -> Any:
+            if namespace:
+                return self.custom.list_namespaced_custom_object(
+                    GROUP, VERSION, namespace, MIGRATION_PLURAL, _request_timeout=self._timeout,
+                    _preload_content=False)
+            return self.custom.list_cluster_custom_object(
+                GROUP, VERSION, MIGRATION_PLURAL, _request_timeout=self._timeout, _preload_content=False)
+        result = await self._call("list", MIGRATION_PLURAL, lambda: _decode(fn()))
+        return list(result.get("items") or [])
+
+    async def patch_migration_status(self, namespace: str, name: str,
+                                     status: Mapping[str, Any]) -> dict[str, Any]:
+        body = {"status": dict(status)}
+        return await self._call("patch", f"{MIGRATION_PLURAL}/status", lambda: _decode(
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, MIGRATION_PLURAL, name, body, _content_type=MERGE,
+                _request_timeout=self._timeout, _preload_content=False)))
 
     # --- Events ----------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from libvirt_operator.api.migration import (
 )
 from libvirt_operator.api.spec import parse_spec
 from libvirt_operator.api.status import EVENT_DETAILS, PowerState
+from libvirt_operator.drain import drain_plan, migration_body
 from libvirt_operator.hypervisor.domain_xml import Owner, build_domain_xml, owned_disk_paths, parse_owner
 from libvirt_operator.hypervisor.migration import (
     BASE_FLAGS,
@@ -322,3 +323,23 @@ def test_the_retargeted_definition_is_accepted_by_libvirt(tmp_path: Path) -> Non
             dom.undefine()
     finally:
         conn.close()
+
+
+# --- drain ------------------------------------------------------------------------------------------------------
+
+def test_a_drain_migrates_the_running_and_paused_vms_of_the_node_and_says_why_not_the_others() -> None:
+    def a_vm(name: str, phase: str, node: str = "node-a", **meta: Any) -> dict[str, Any]:
+        return {"metadata": {"name": name, "namespace": "ns", **meta}, "spec": {"nodeName": node},
+                "status": {"phase": phase}}
+    vms = [a_vm("run", "Running"), a_vm("paused", "Paused"), a_vm("off", "Stopped"), a_vm("new", "Provisioning"),
+           a_vm("gone", "Running", deletionTimestamp="2026-12-01T00:00:00Z"), a_vm("elsewhere", "Running", "node-c"),
+           a_vm("moving", "Running", annotations={MIGRATING_ANNOTATION: "m7"})]
+    plan = drain_plan(vms, "node-a", "node-b")
+    assert plan.migrate == [("ns", "paused"), ("ns", "run")]
+    assert plan.skipped == [("ns", "gone", "being deleted"),
+                            ("ns", "moving", "already being migrated (m7)"),
+                            ("ns", "new", "not running (phase Provisioning): nothing to migrate live"),
+                            ("ns", "off", "not running (phase Stopped): nothing to migrate live")]
+    body = migration_body("ns", "run", "node-b", "abc123")
+    assert body["spec"] == {"vmName": "run", "targetNode": "node-b"}
+    assert body["metadata"]["name"] == "drain-run-abc123"

@@ -56,6 +56,7 @@ class Settings:
     lease: bool = True
     lease_duration: float = 15.0
     migration_uri: str = ""  # "": this node receives no live migrations
+    migration_bandwidth: int = 0  # MiB/s a live migration from this node may use; 0: no limit
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -99,6 +100,8 @@ _OPTIONS: list[tuple[str, str, str, str, str]] = [
     ("--migration-uri", "MIGRATION_URI", "migration_uri", "str",
      "libvirt URI at which other nodes' libvirtd reach this node's for a live migration (peer-to-peer, "
      "e.g. qemu+tls://<host>/system), published on the Node; none: this node receives no migrations"),
+    ("--migration-bandwidth", "MIGRATION_BANDWIDTH", "migration_bandwidth", "int",
+     "MiB/s a live migration from this node may use (libvirt's migration bandwidth; 0: no limit)"),
     ("--log-level", "LOG_LEVEL", "log_level", "str", "DEBUG, INFO, WARNING or ERROR"),
 ]
 
@@ -218,6 +221,8 @@ def validate(settings: Settings) -> None:
         raise SystemExit("--watch-timeout must be at least 1 second")
     if settings.workers < 1:
         raise SystemExit("--workers must be at least 1")
+    if settings.migration_bandwidth < 0:
+        raise SystemExit("--migration-bandwidth must not be negative")
 
 
 def watch_timeouts(server_timeout: float) -> tuple[int, float]:

@@ -120,12 +120,15 @@ def target_definitions(conn: libvirt.virConnect, uid: str, node: str,
                        retarget_xml(persistent, uid=uid, node=node, disk_files=disk_files))
 
 
-def migrate(conn: libvirt.virConnect, uid: str, dest_uri: str, definitions: Definitions, flags: int) -> None:
+def migrate(conn: libvirt.virConnect, uid: str, dest_uri: str, definitions: Definitions, flags: int, *,
+            bandwidth_mib: int = 0) -> None:
     """Blocking, for as long as the migration runs: a peer-to-peer live migration (this libvirtd connects
     to ``dest_uri`` itself, so the operator needs no connection to the target's libvirtd)."""
     dom = conn.lookupByUUIDString(uid)
     params: dict[str, Any] = {libvirt.VIR_MIGRATE_PARAM_DEST_XML: definitions.live,
                               libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: definitions.persistent}
+    if bandwidth_mib > 0:
+        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth_mib
     dom.migrateToURI3(dest_uri, params, flags)
 
 

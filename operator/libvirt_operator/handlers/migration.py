@@ -38,11 +38,11 @@ from libvirt_operator.api.migration import (
     parse_migration_spec,
     phase_of,
 )
-from libvirt_operator.api.status import Phase, now_iso, set_condition
+from libvirt_operator.api.status import Phase, now_iso, set_condition, state_reason
 from libvirt_operator.context import EventPoster
 from libvirt_operator.hypervisor import domains
 from libvirt_operator.hypervisor import migration as hv
-from libvirt_operator.hypervisor.connection import Connection, HypervisorError
+from libvirt_operator.hypervisor.connection import Connection, HypervisorError, HypervisorUnavailable
 from libvirt_operator.hypervisor.storage import Storage, StorageError
 from libvirt_operator.kube.client import KubeClient, KubeError
 from libvirt_operator.pipeline.migration_policy import (
@@ -292,17 +292,20 @@ class MigrationController:
             await self._fail(key, body, spec, uid, f"cannot prepare the target's definition: {exc}")
             return
         job = _Job(key)
-        self._jobs[uid] = job
-        await self._patch(key, {"phase": MigrationPhase.RUNNING.value, "startTime": now_iso(),
-                                "message": f"libvirt's live migration to node {spec.target_node} runs"})
+        self._jobs[uid] = job  # from here on a pass of this migration only watches
+        try:
+            await self._patch(key, {"phase": MigrationPhase.RUNNING.value, "startTime": now_iso(),
+                                    "message": f"libvirt's live migration to node {spec.target_node} runs"})
+        except BaseException:
+            self._jobs.pop(uid, None)  # not begun: the retry starts it
+            raise
         conditions = set_condition(rec.status.get("conditions") or [], CONDITION, "True", "MigrationRunning",
                                    f"live migration {key[1]} to node {spec.target_node}")
-        try:
+        try:  # what the VM shows: worth a try, never a reason to hold the migration back
             await self._vm_status(rec.key, {"phase": Phase.MIGRATING.value, "conditions": conditions})
         except KubeError as exc:
-            if exc.status != 422:
-                raise
-            # A CRD older than the operator (no phase Migrating): the condition alone says it.
+            # 422: a CRD older than the operator (no phase Migrating): the condition alone says it.
+            logger.info("VM %s/%s: phase Migrating not written (%s)", *rec.key, exc)
             await self._vm_status(rec.key, {"conditions": conditions}, must=False)
         await self.parts.post_event(rec.body, "Normal", "MigrationStarted",
                                     f"live migration {key[1]} to node {spec.target_node} ({mode.value} storage)")
@@ -333,6 +336,10 @@ class MigrationController:
                     await self._patch(key, {"job": stats}, quiet=True)
             try:
                 migrate.result()
+            except HypervisorUnavailable as exc:
+                # The link to libvirtd broke, not necessarily the job: once reconnected, _recover looks.
+                logger.warning("migration %s/%s: lost libvirt while migrating (%s); will look again", *key, exc)
+                return
             except HypervisorError as exc:
                 why = "aborted (the migration was deleted)" if job.aborted else f"libvirt: {exc}"
                 await self._failed_job(key, spec, uid, f"the live migration failed, {why}; the guest stays on "
@@ -343,8 +350,11 @@ class MigrationController:
         except asyncio.CancelledError:
             migrate.cancel()
             raise
+        except Exception:  # an API write failed: the next pass finds the job ended (_recover) and finishes
+            logger.exception("migration %s/%s: finishing failed; retrying", *key)
         finally:
             self._jobs.pop(uid, None)
+            self.queue.add_after(key, 1.0)
 
     async def _completed_stats(self, uid: str) -> dict[str, int]:
         try:
@@ -427,9 +437,14 @@ class MigrationController:
             return 1.0  # still migrating: look again
         status = body.get("status") or {}
         mode = StorageMode(status.get("storage") or StorageMode.NONE.value)
-        if dom is None:
-            logger.warning("migration %s/%s: found Running at start-up and the domain is gone from this node: "
-                           "libvirt completed it; handing the VM over", *key)
+        migrated_away = dom is not None and not dom.active and state_reason(dom.state, dom.reason) == "Migrated"
+        if dom is None or migrated_away:
+            logger.warning("migration %s/%s: Running, no job of this process, and the domain is %s here: libvirt "
+                           "completed it; handing the VM over", *key, "shut off (migrated)" if dom else "gone")
+            if migrated_away:  # the source definition outlived the migration (UNDEFINE_SOURCE not done)
+                owner = await self.parts.conn.call("domain owner", lambda c: domains.owner_of(c, uid))
+                if owner is not None and owner.uid == uid and owner.node == self.node:
+                    await self.parts.conn.call("undefine", lambda c: domains.undefine(c, uid))
             await self._hand_over(key, spec, uid, mode, dict(status.get("job") or {}), 0.0)
             return None
         await self._failed_job(key, spec, uid, "the operator stopped mid-migration and libvirt's job ended without "

@@ -335,7 +335,7 @@ class MigrationController:
                     job.last = stats
                     await self._patch(key, {"job": stats}, quiet=True)
             try:
-                migrate.result()
+                finished = job_fields(migrate.result(), completed=True)
             except HypervisorUnavailable as exc:
                 # The link to libvirtd broke, not necessarily the job: once reconnected, _recover looks.
                 logger.warning("migration %s/%s: lost libvirt while migrating (%s); will look again", *key, exc)
@@ -345,7 +345,7 @@ class MigrationController:
                 await self._failed_job(key, spec, uid, f"the live migration failed, {why}; the guest stays on "
                                        f"node {self.node}", aborted=job.aborted)
                 return
-            completed = await self._completed_stats(uid)
+            completed = finished or await self._completed_stats(uid)
             await self._hand_over(key, spec, uid, mode, {**job.last, **completed}, time.monotonic() - began)
         except asyncio.CancelledError:
             migrate.cancel()
@@ -359,7 +359,8 @@ class MigrationController:
     async def _completed_stats(self, uid: str) -> dict[str, int]:
         try:
             return job_fields(await self.parts.conn.call("completed job stats",
-                                                         lambda c: hv.job_stats(c, uid, completed=True)))
+                                                         lambda c: hv.job_stats(c, uid, completed=True)),
+                              completed=True)
         except HypervisorError:
             return {}
 
@@ -520,7 +521,7 @@ class MigrationController:
                 # the arrived domain keeps the incoming job's, downtime included.
                 uid = str(status.get("vmUID") or "")
                 completed = job_fields(await self.parts.conn.call(
-                    "completed job stats", lambda c: hv.job_stats(c, uid, completed=True)))
+                    "completed job stats", lambda c: hv.job_stats(c, uid, completed=True)), completed=True)
                 if "downtimeMs" in completed:
                     await self._patch(key, {"job": {"downtimeMs": completed["downtimeMs"]}}, quiet=True)
             return None

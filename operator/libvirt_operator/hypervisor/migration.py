@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import subprocess
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -120,16 +121,41 @@ def target_definitions(conn: libvirt.virConnect, uid: str, node: str,
                        retarget_xml(persistent, uid=uid, node=node, disk_files=disk_files))
 
 
+COMPLETED_EVENT_WAIT = 5.0  # seconds the job-completed event may trail the migration call's return
+
+
 def migrate(conn: libvirt.virConnect, uid: str, dest_uri: str, definitions: Definitions, flags: int, *,
-            bandwidth_mib: int = 0) -> None:
+            bandwidth_mib: int = 0) -> dict[str, Any]:
     """Blocking, for as long as the migration runs: a peer-to-peer live migration (this libvirtd connects
-    to ``dest_uri`` itself, so the operator needs no connection to the target's libvirtd)."""
+    to ``dest_uri`` itself, so the operator needs no connection to the target's libvirtd).
+
+    Returns the completed job's statistics (downtime, data moved), from libvirt's job-completed event: with
+    UNDEFINE_SOURCE the domain, and its completed-job statistics, are gone once the call returns. {} when the
+    event did not come (the caller then has its last progress sample)."""
     dom = conn.lookupByUUIDString(uid)
     params: dict[str, Any] = {libvirt.VIR_MIGRATE_PARAM_DEST_XML: definitions.live,
                               libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: definitions.persistent}
     if bandwidth_mib > 0:
         params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth_mib
-    dom.migrateToURI3(dest_uri, params, flags)
+    completed: dict[str, Any] = {}
+    arrived = threading.Event()
+
+    def on_completed(_conn: Any, event_dom: Any, stats: dict[str, Any], _opaque: Any) -> None:
+        # The native event thread: only hand the numbers over.
+        if event_dom.UUIDString() == dom.UUIDString():
+            completed.update(stats)
+            arrived.set()
+
+    callback = conn.domainEventRegisterAny(dom, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, on_completed, None)
+    try:
+        dom.migrateToURI3(dest_uri, params, flags)
+        arrived.wait(COMPLETED_EVENT_WAIT)
+    finally:
+        try:
+            conn.domainEventDeregisterAny(callback)
+        except libvirt.libvirtError:
+            pass
+    return dict(completed)
 
 
 def job_stats(conn: libvirt.virConnect, uid: str, *, completed: bool = False) -> dict[str, Any]:

@@ -151,10 +151,14 @@ _JOB_FIELDS = {
 }
 
 
-def job_fields(stats: Mapping[str, Any]) -> dict[str, int]:
-    """Pure: virDomainGetJobStats' answer as ``status.job`` (what it does not report is left out)."""
+def job_fields(stats: Mapping[str, Any], *, completed: bool = False) -> dict[str, int]:
+    """Pure: virDomainGetJobStats' answer as ``status.job`` (what it does not report is left out). A running
+    job's ``downtime`` is libvirt's expectation (the allowed maximum, 300 ms by default), not a measurement:
+    only a completed job's counts."""
     job: dict[str, int] = {}
     for key, field in _JOB_FIELDS.items():
+        if key == "downtime" and not completed:
+            continue
         value = stats.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             job[field] = value

@@ -253,7 +253,8 @@ def test_deleting_a_running_migration_aborts_it_and_the_guest_stays_on_the_sourc
     name, migration = unique("abort"), unique("to-b")
     uid, guest = start_slow_migration(cluster, two_nodes, name, migration)
     qemu = two_nodes.source.qemu_processes()[guest]
-    assert domain_active(two_nodes.target, uid) is not None  # libvirt's job runs: the target's QEMU exists
+    poll(lambda: guest in two_nodes.target.qemu_processes(), timeout=20, interval=0.1,
+         what="libvirt's job to run (the target's QEMU started)")
 
     cluster.kubectl("delete", MIGRATION_PLURAL, migration, "-n", "default")
 
@@ -279,6 +280,8 @@ def test_a_source_operator_killed_mid_migration_and_restarted_converges_to_exact
     name, migration = unique("kill"), unique("to-b")
     uid, guest = start_slow_migration(cluster, two_nodes, name, migration)
     source_operator = two_nodes.operators[two_nodes.source.name]
+    poll(lambda: guest in two_nodes.target.qemu_processes(), timeout=20, interval=0.1,
+         what="libvirt's job to run (the target's QEMU started)")
     source_operator.kill()  # SIGKILL: libvirtd drives the peer-to-peer job on, or gives up, without it
 
     def job_ended() -> bool:

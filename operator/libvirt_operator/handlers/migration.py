@@ -365,7 +365,7 @@ class MigrationController:
             return {}
 
     async def _hand_over(self, key: Key, spec: MigrationSpec, uid: str, mode: StorageMode, job: Mapping[str, int],
-                         seconds: float) -> None:
+                         seconds: float | None) -> None:
         """libvirt's job completed: the guest runs on the target. The VM must become the target's whatever the
         API answers meanwhile (retried until it lands), else nobody would own a running guest."""
         vm_key = (key[0], spec.vm_name)
@@ -401,7 +401,9 @@ class MigrationController:
             except StorageError as exc:
                 logger.warning("migration %s/%s: could not remove the disks left here: %s", *key, exc)
         downtime = job.get("downtimeMs")
-        summary = (f"the guest runs on node {spec.target_node}: live-migrated in {seconds:.2f}s"
+        how = (f"live-migrated in {seconds:.2f}s" if seconds is not None
+               else "libvirt completed the live migration while this node's operator was not running")
+        summary = (f"the guest runs on node {spec.target_node}: {how}"
                    + (f", downtime {downtime} ms" if downtime is not None else ""))
         await self._patch(key, {"phase": MigrationPhase.SUCCEEDED.value, "endTime": now_iso(), "job": dict(job),
                                 "message": summary})
@@ -446,7 +448,7 @@ class MigrationController:
                 owner = await self.parts.conn.call("domain owner", lambda c: domains.owner_of(c, uid))
                 if owner is not None and owner.uid == uid and owner.node == self.node:
                     await self.parts.conn.call("undefine", lambda c: domains.undefine(c, uid))
-            await self._hand_over(key, spec, uid, mode, dict(status.get("job") or {}), 0.0)
+            await self._hand_over(key, spec, uid, mode, dict(status.get("job") or {}), None)
             return None
         await self._failed_job(key, spec, uid, "the operator stopped mid-migration and libvirt's job ended without "
                                f"completing; the guest stays on node {self.node}", aborted=False)

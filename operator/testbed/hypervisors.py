@@ -69,6 +69,18 @@ def _set_keys(path: Path, values: dict[str, str], keys: tuple[str, ...]) -> None
     path.write_text("\n".join([*kept, *(f"{k} = {v}" for k, v in values.items())]) + "\n")
 
 
+def _now_ticks() -> int:
+    return int(float(Path("/proc/uptime").read_text().split()[0]) * os.sysconf("SC_CLK_TCK"))
+
+
+def _start_ticks(pid: str) -> int:
+    """A process's start time in clock ticks since boot (0 when it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def _child_of(pid: int) -> int:
     """The one child of ``pid`` (unshare's: PID 1 of the new PID namespace)."""
     for entry in os.listdir("/proc"):
@@ -114,6 +126,28 @@ class NamespacedHost:
     def open(self) -> libvirt.virConnect:
         return libvirt.open(self.uri)
 
+    def daemon_pid(self, name: str) -> int | None:
+        """The pid (as the machine sees it) of this host's ``libvirtd`` or ``virtlogd``; None: not running."""
+        own_ns = os.readlink(f"/proc/{self.pid}/ns/pid")
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                if os.readlink(f"/proc/{entry}/ns/pid") != own_ns:
+                    continue
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv and os.path.basename(argv[0].decode(errors="replace")) == name:
+                return int(entry)
+        return None
+
+    def start_libvirtd(self) -> None:
+        """(Again:) libvirtd inside the host; returns once it answers on its socket."""
+        self.nsenter("libvirtd", "-d", "--listen", "-p", "/run/libvirt/libvirtd-host.pid")
+        wait_for(lambda: HypervisorHosts.answers(self), timeout=60, interval=0.2,
+                 what=f"libvirtd of host {self.name} to answer at {self.socket}")
+
     def qemu_processes(self) -> dict[str, tuple[int, int]]:
         """Guest name -> (pid as the machine sees it, start time in clock ticks since boot) of every QEMU
         process in this host's PID namespace."""
@@ -151,6 +185,7 @@ class HypervisorHosts:
         self.veths = (f"lvo{token}a", f"lvo{token}b")
         self.hosts = [NamespacedHost(name, f"10.{subnet}.0.{index + 1}", self.base / name)
                       for index, name in enumerate(names)]
+        self._closed_at: int | None = None  # clock ticks since boot when close() began
 
     def __enter__(self) -> HypervisorHosts:
         try:
@@ -181,10 +216,7 @@ class HypervisorHosts:
         for host in self.hosts:
             # -p: the default pid files (/run/virtlogd.pid, /run/libvirtd.pid) are the machine's daemons'.
             host.nsenter("virtlogd", "-d", "-p", "/run/libvirt/virtlogd-host.pid")
-            host.nsenter("libvirtd", "-d", "--listen", "-p", "/run/libvirt/libvirtd-host.pid")
-        for host in self.hosts:
-            wait_for(lambda h=host: self._answers(h), timeout=60, interval=0.2,  # type: ignore[misc]
-                     what=f"libvirtd of host {host.name} to answer at {host.socket}")
+            host.start_libvirtd()
 
     def _prepare(self, host: NamespacedHost) -> None:
         root = host.root
@@ -228,7 +260,7 @@ class HypervisorHosts:
         host.namespaces = tuple(os.readlink(f"/proc/{host.pid}/ns/{kind}") for kind in ("pid", "net", "mnt"))
 
     @staticmethod
-    def _answers(host: NamespacedHost) -> bool:
+    def answers(host: NamespacedHost) -> bool:
         if not host.socket.exists():
             return False
         try:
@@ -242,6 +274,7 @@ class HypervisorHosts:
 
     def close(self) -> None:
         """Everything of the hosts gone: processes, namespaces (with their mounts and the veth pair), files."""
+        self._closed_at = _now_ticks()
         for host in self.hosts:
             if host.pid:
                 with contextlib.suppress(ProcessLookupError):
@@ -262,6 +295,10 @@ class HypervisorHosts:
         found = []
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
+                continue
+            # A namespace's number is reused once it is gone (libvirt gives each QEMU a mount namespace of
+            # its own): a process started after the tear-down began is never one of ours.
+            if self._closed_at is not None and _start_ticks(entry) > self._closed_at:
                 continue
             for kind in ("pid", "net", "mnt"):
                 try:

@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,71 @@ import pytest
 from libvirt_operator.api.constants import GROUP, MIGRATING_ANNOTATION, MIGRATION_PLURAL, VERSION
 from libvirt_operator.api.status import detail_name, event_name
 from libvirt_operator.hypervisor import event_loop
+from testbed.clients import vm_manifest as base_vm_manifest
+from testbed.control_plane import ControlPlane
 from testbed.hypervisors import HypervisorHosts, NamespacedHost
-from tests.e2e.harness import OPERATOR, Api, Cluster, OperatorProcess, poll, unique, vm_manifest
+from tests.conftest import API_KIND
+from tests.e2e.conftest import NODE_PREFIX
+from tests.e2e.harness import OPERATOR, Api, Cluster, OperatorProcess, RealApi, poll, unique
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("unshare", "nsenter", "ip", "libvirtd")),
     reason="needs root, unshare, nsenter, ip and libvirtd (hypervisor hosts in namespaces)")
+
+
+# An operator identity (ServiceAccount, RBAC, namespace) of this module's own: other sessions on the shared
+# control plane render the e2e identity's RBAC from their own chart, which may not grant migrations yet.
+IDENTITY = "lvo-e2e-migration"
+NS = IDENTITY  # a reserved identity's VMs live in its namespace
+
+
+@pytest.fixture(scope="session")
+def migration_plane() -> ControlPlane:
+    if API_KIND != "real":
+        pytest.skip(f"LVO_API={API_KIND}: live migration is tested on the real control plane")
+    return ControlPlane(identity=IDENTITY).up()
+
+
+@pytest.fixture
+def api(tmp_path: Path, migration_plane: ControlPlane) -> Iterator[Api]:
+    server = RealApi(tmp_path, migration_plane, node_prefix=NODE_PREFIX)
+    server.start()
+    yield server
+    server.stop()
+
+
+class MigrationCluster(Cluster):
+    """The cluster as the tests see it, in the identity's namespace by default."""
+
+    def get(self, name: str, namespace: str = NS) -> dict[str, Any] | None:
+        return super().get(name, namespace)
+
+    def status(self, name: str, namespace: str = NS) -> dict[str, Any]:
+        return super().status(name, namespace)
+
+    def patch_spec(self, name: str, spec: Mapping[str, Any], namespace: str = NS) -> None:
+        super().patch_spec(name, spec, namespace)
+
+    def wait_phase(self, name: str, phase: str, *, timeout: float = 60.0, namespace: str = NS,
+                   **fields: Any) -> dict[str, Any]:
+        return super().wait_phase(name, phase, timeout=timeout, namespace=namespace, **fields)
+
+    def events_for(self, name: str, namespace: str = NS) -> list[dict[str, Any]]:
+        return super().events_for(name, namespace)
+
+    def event_reasons(self, name: str, namespace: str = NS) -> list[str]:
+        return super().event_reasons(name, namespace)
+
+
+@pytest.fixture
+def cluster(api: Api, kubectl_bin: str) -> Iterator[Cluster]:
+    c = MigrationCluster(api, kubectl_bin)
+    yield c
+    c.close()
+
+
+def vm_manifest(name: str, node: str, **spec: Any) -> dict[str, Any]:
+    return base_vm_manifest(name, node, namespace=NS, **spec)
 
 
 class EventLog:
@@ -111,18 +171,18 @@ def two_nodes(request: pytest.FixtureRequest, api: Api, cluster: Cluster, hosts:
         for proc in operators.values():
             proc.stop()
         events.close()
-        cluster.kubectl("delete", MIGRATION_PLURAL, "--all", "-n", "default", "--ignore-not-found", "--wait=false",
+        cluster.kubectl("delete", MIGRATION_PLURAL, "--all", "-n", NS, "--ignore-not-found", "--wait=false",
                         check=False)
         cluster.kubectl("delete", "node", *names, "--ignore-not-found")
 
 
 def migration_manifest(name: str, vm: str, target: str) -> dict[str, Any]:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachineMigration",
-            "metadata": {"name": name, "namespace": "default"}, "spec": {"vmName": vm, "targetNode": target}}
+            "metadata": {"name": name, "namespace": NS}, "spec": {"vmName": vm, "targetNode": target}}
 
 
 def get_migration(cluster: Cluster, name: str) -> dict[str, Any]:
-    found: dict[str, Any] = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, "default", MIGRATION_PLURAL,
+    found: dict[str, Any] = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, NS, MIGRATION_PLURAL,
                                                                         name)
     return found
 
@@ -219,12 +279,12 @@ def test_drain_moves_every_running_vm_of_the_node_and_lists_the_ones_that_cannot
     cluster.wait_phase(halted, "Stopped", timeout=90)
 
     done = subprocess.run([*OPERATOR, "drain", source.name, "--to", target.name, "--kubeconfig",
-                           str(cluster.api.admin_kubeconfig), "--timeout", "120"],
+                           str(cluster.api.admin_kubeconfig), "--timeout", "120", "--namespace", NS],
                           capture_output=True, text=True, timeout=180)
     print(done.stdout, done.stderr)
     assert done.returncode == 2, done.stdout + done.stderr  # all migrations succeeded; one VM could not move
-    assert f"cannot migrate default/{halted}: not running (phase Stopped)" in done.stdout
-    assert f"default/{running}: Succeeded" in done.stdout
+    assert f"cannot migrate {NS}/{halted}: not running (phase Stopped)" in done.stdout
+    assert f"{NS}/{running}: Succeeded" in done.stdout
     cluster.wait_phase(running, "Running", timeout=60, nodeName=target.name)
     vm = cluster.get(halted)
     assert vm is not None and vm["spec"]["nodeName"] == source.name
@@ -256,7 +316,7 @@ def test_deleting_a_running_migration_aborts_it_and_the_guest_stays_on_the_sourc
     poll(lambda: guest in two_nodes.target.qemu_processes(), timeout=20, interval=0.1,
          what="libvirt's job to run (the target's QEMU started)")
 
-    cluster.kubectl("delete", MIGRATION_PLURAL, migration, "-n", "default")
+    cluster.kubectl("delete", MIGRATION_PLURAL, migration, "-n", NS)
 
     def aborted() -> dict[str, Any] | None:
         vm = cluster.get(name)
@@ -304,3 +364,51 @@ def test_a_source_operator_killed_mid_migration_and_restarted_converges_to_exact
     assert vm is not None and vm["spec"]["nodeName"] == expected
     assert MIGRATING_ANNOTATION not in (vm["metadata"].get("annotations") or {})
     assert guest in (two_nodes.target if expected == two_nodes.target.name else two_nodes.source).qemu_processes()
+
+
+@pytest.mark.parametrize("two_nodes", ["shared-slow"], indirect=True)
+def test_a_target_operator_killed_mid_migration_and_restarted_takes_the_guest_over(
+        cluster: Cluster, two_nodes: TwoNodes) -> None:
+    name, migration = unique("tkill"), unique("to-b")
+    uid, guest = start_slow_migration(cluster, two_nodes, name, migration)
+    target_operator = two_nodes.operators[two_nodes.target.name]
+    poll(lambda: guest in two_nodes.target.qemu_processes(), timeout=20, interval=0.1,
+         what="libvirt's job to run (the target's QEMU started)")
+    target_operator.kill()  # the job is libvirtd's: the source's operator finishes and hands the VM over
+    done = poll(lambda: (get_migration(cluster, migration).get("status") or {}).get("phase") in ("Succeeded", "Failed")
+                and get_migration(cluster, migration), timeout=120, what="the migration to end")
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    qemu = two_nodes.target.qemu_processes()[guest]
+    target_operator.start()  # its start-up finds the VM its own, its domain running: no restart
+    cluster.wait_phase(name, "Running", timeout=60, nodeName=two_nodes.target.name)
+    assert running_guests(two_nodes, uid) == {two_nodes.source.name: None, two_nodes.target.name: True}
+    assert two_nodes.target.qemu_processes()[guest] == qemu
+    assert "RestartedByPolicy" not in cluster.event_reasons(name)
+
+
+@pytest.mark.parametrize("two_nodes", ["shared-slow"], indirect=True)
+def test_the_target_libvirtd_killed_mid_migration_fails_it_and_the_guest_keeps_running_on_the_source(
+        cluster: Cluster, two_nodes: TwoNodes) -> None:
+    name, migration = unique("lvkill"), unique("to-b")
+    uid, guest = start_slow_migration(cluster, two_nodes, name, migration)
+    qemu = two_nodes.source.qemu_processes()[guest]
+    target = two_nodes.target
+    poll(lambda: guest in target.qemu_processes(), timeout=20, interval=0.1,
+         what="libvirt's job to run (the target's QEMU started)")
+    pid = target.daemon_pid("libvirtd")
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    done = poll(lambda: (get_migration(cluster, migration).get("status") or {}).get("phase") in ("Succeeded", "Failed")
+                and get_migration(cluster, migration), timeout=120, what="the migration to end")
+    print(f"\nafter the target's libvirtd died: {done['status']['phase']}: {done['status']['message']}")
+    assert done["status"]["phase"] == "Failed"
+    target.start_libvirtd()  # it finds the half-received guest's QEMU and ends it
+    poll(lambda: running_guests(two_nodes, uid) == {two_nodes.source.name: True, target.name: None}, timeout=60,
+         what="exactly one guest: on the source")
+    poll(lambda: guest not in target.qemu_processes(), timeout=30, what="no QEMU left on the target")
+    assert two_nodes.source.qemu_processes()[guest] == qemu  # never stopped
+    status = cluster.wait_phase(name, "Running", timeout=60, nodeName=two_nodes.source.name)
+    migrating = next(c for c in status["conditions"] if c["type"] == "Migrating")
+    assert (migrating["status"], migrating["reason"]) == ("False", "MigrationFailed")
+    vm = cluster.get(name)
+    assert vm is not None and MIGRATING_ANNOTATION not in (vm["metadata"].get("annotations") or {})

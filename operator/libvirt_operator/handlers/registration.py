@@ -54,7 +54,10 @@ async def connection_info(kubeconfig: str | None) -> kopf.ConnectionInfo:
     )
 
 
-def build_registry(kubeconfig: str | None, *, watch_timeout: float = 300.0) -> kopf.OperatorRegistry:
+def build_registry(kubeconfig: str | None, *, watch_timeout: float = 300.0,
+                   migrations: bool = True) -> kopf.OperatorRegistry:
+    """``migrations``: watch VirtualMachineMigrations too. Off when the API refuses to list them (no CRD, or
+    the RBAC of an older chart): kopf stops on a watch it may not make, which would take the VMs down too."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
@@ -78,10 +81,11 @@ def build_registry(kubeconfig: str | None, *, watch_timeout: float = 300.0) -> k
         runtime: OperatorRuntime = memo["runtime"]
         runtime.observe(type, _plain(body))
 
-    @kopf.on.event(GROUP, VERSION, MIGRATION_PLURAL, registry=registry)
-    async def migration_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        runtime: OperatorRuntime = memo["runtime"]
-        runtime.observe_migration(type, _plain(body))
+    if migrations:
+        @kopf.on.event(GROUP, VERSION, MIGRATION_PLURAL, registry=registry)
+        async def migration_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+            runtime: OperatorRuntime = memo["runtime"]
+            runtime.observe_migration(type, _plain(body))
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:

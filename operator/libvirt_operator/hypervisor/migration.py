@@ -24,6 +24,7 @@ import libvirt
 from libvirt_operator.api.constants import XML_NAMESPACE, XML_PREFIX
 from libvirt_operator.api.migration import StorageMode
 from libvirt_operator.api.spec import FILE_NAME as _FILE_NAME_PATTERN
+from libvirt_operator.hypervisor.connection import HypervisorError
 from libvirt_operator.hypervisor.domain_xml import parse_owner
 from libvirt_operator.hypervisor.storage import QEMU_IMG, Storage, StorageError
 
@@ -33,6 +34,12 @@ _NS = f"{{{XML_NAMESPACE}}}"
 FILE_NAME = re.compile(_FILE_NAME_PATTERN)
 BASE_FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
               | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+
+
+class MigrationJobError(HypervisorError):
+    """libvirt's migration job failed while this operator's own connection to libvirtd is fine: the error
+    may come from the peer-to-peer connection to the target (its libvirtd gone: an RPC error that must not be
+    taken for the loss of ours)."""
 
 
 class MigrationXMLError(ValueError):
@@ -148,7 +155,13 @@ def migrate(conn: libvirt.virConnect, uid: str, dest_uri: str, definitions: Defi
 
     callback = conn.domainEventRegisterAny(dom, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, on_completed, None)
     try:
-        dom.migrateToURI3(dest_uri, params, flags)
+        try:
+            dom.migrateToURI3(dest_uri, params, flags)
+        except libvirt.libvirtError as exc:
+            if _alive(conn):
+                raise MigrationJobError(f"migrate: {exc.get_error_message() or exc}", exc.get_error_code(),
+                                        domain=exc.get_error_domain(), detail=exc.get_error_message()) from exc
+            raise  # our own link broke: Connection reports it and reconnects
         arrived.wait(COMPLETED_EVENT_WAIT)
     finally:
         try:
@@ -156,6 +169,14 @@ def migrate(conn: libvirt.virConnect, uid: str, dest_uri: str, definitions: Defi
         except libvirt.libvirtError:
             pass
     return dict(completed)
+
+
+def _alive(conn: libvirt.virConnect) -> bool:
+    try:
+        conn.getLibVersion()
+    except libvirt.libvirtError:
+        return False
+    return True
 
 
 def job_stats(conn: libvirt.virConnect, uid: str, *, completed: bool = False) -> dict[str, Any]:

@@ -188,6 +188,22 @@ class KubeClient:
         result = await self._call("list", MIGRATION_PLURAL, lambda: _decode(fn()))
         return list(result.get("items") or [])
 
+    async def may_watch_migrations(self, namespace: str | None = None) -> bool:
+        """Whether the API serves VirtualMachineMigrations and lets this operator list them (403 and 404: no;
+        an outage: yes, kopf then waits for the API as it does for VMs)."""
+        def fn() -> Any:
+            if namespace:
+                return self.custom.list_namespaced_custom_object(
+                    GROUP, VERSION, namespace, MIGRATION_PLURAL, limit=1, _request_timeout=self._timeout,
+                    _preload_content=False)
+            return self.custom.list_cluster_custom_object(GROUP, VERSION, MIGRATION_PLURAL, limit=1,
+                                                          _request_timeout=self._timeout, _preload_content=False)
+        try:
+            await self._call("list", MIGRATION_PLURAL, lambda: _decode(fn()))
+        except KubeError as exc:
+            return exc.status not in (403, 404)
+        return True
+
     async def patch_migration_status(self, namespace: str, name: str,
                                      status: Mapping[str, Any]) -> dict[str, Any]:
         body = {"status": dict(status)}

@@ -76,6 +76,7 @@ CUSTOM: dict[str, Any] = {
         "shutdownTimeout": 120.5,
         "stoppedEventDelay": 0.5,
         "sharedStorage": "true",
+        "migrationUri": "qemu+tls://$(NODE_NAME).example/system",
         "resumeGuestsOnHostBoot": False,
         "deleteOrphanDisks": True,
         "workers": 4,
@@ -124,7 +125,10 @@ def settings_from(rendered: Rendered, monkeypatch: pytest.MonkeyPatch, node: str
             monkeypatch.setenv(name, var["value"])
     parser = argparse.ArgumentParser()
     settings_mod.add_arguments(parser)
-    return settings_mod.from_namespace(parser.parse_args(rendered.container["args"]))
+    # The kubelet expands $(VAR) in args from the container's environment.
+    args = [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: os.environ.get(m[1], m[0]), arg)
+            for arg in rendered.container["args"]]
+    return settings_mod.from_namespace(parser.parse_args(args))
 
 
 def operator_command() -> list[str]:
@@ -315,6 +319,7 @@ def test_custom_values_reach_the_operator_settings(custom_render: Rendered, monk
         settings_mod.Settings(), node_name="node-a", libvirt_uri=CUSTOM["operator"]["libvirtUri"],
         image_dir=Path("/srv/vm/images"), storage_dir=Path("/srv/vm/disks"), domain_type="kvm",
         sync_interval=2.5, shutdown_timeout=120.5, stopped_event_delay=0.5, shared_storage="true",
+        migration_uri="qemu+tls://node-a.example/system",
         resume_guests_on_host_boot=False, delete_orphan_disks=True, workers=4, log_level="DEBUG", max_vcpus=8,
         max_memory_mib=1048576, health_port=18080, metrics_port=19090,
         lease_duration=20.0, max_disks=4,  # extraArgs

@@ -177,29 +177,23 @@ class KubeClient:
 
     # --- VirtualMachineMigrations ---------------------------------------------------------------
 
-    async def list_migrations(self, namespace: str | None = None) -> list[dict[str, Any]]:
+    async def list_migrations(self, namespace: str | None = None, *, limit: int | None = None) -> list[dict[str, Any]]:
+        options: dict[str, Any] = {"limit": limit} if limit else {}
+
         def fn() -> Any:
             if namespace:
-                return self.custom.list_namespaced_custom_object(
-                    GROUP, VERSION, namespace, MIGRATION_PLURAL, _request_timeout=self._timeout,
-                    _preload_content=False)
-            return self.custom.list_cluster_custom_object(
-                GROUP, VERSION, MIGRATION_PLURAL, _request_timeout=self._timeout, _preload_content=False)
-        result = await self._call("list", MIGRATION_PLURAL, lambda: _decode(fn()))
+                return self.custom.list_namespaced_custom_object_without_preload_content(
+                    GROUP, VERSION, namespace, MIGRATION_PLURAL, _request_timeout=self._timeout, **options)
+            return self.custom.list_cluster_custom_object_without_preload_content(
+                GROUP, VERSION, MIGRATION_PLURAL, _request_timeout=self._timeout, **options)
+        result = await self._call("list", MIGRATION_PLURAL, fn)
         return list(result.get("items") or [])
 
     async def may_watch_migrations(self, namespace: str | None = None) -> bool:
         """Whether the API serves VirtualMachineMigrations and lets this operator list them (403 and 404: no;
         an outage: yes, kopf then waits for the API as it does for VMs)."""
-        def fn() -> Any:
-            if namespace:
-                return self.custom.list_namespaced_custom_object(
-                    GROUP, VERSION, namespace, MIGRATION_PLURAL, limit=1, _request_timeout=self._timeout,
-                    _preload_content=False)
-            return self.custom.list_cluster_custom_object(GROUP, VERSION, MIGRATION_PLURAL, limit=1,
-                                                          _request_timeout=self._timeout, _preload_content=False)
         try:
-            await self._call("list", MIGRATION_PLURAL, lambda: _decode(fn()))
+            await self.list_migrations(namespace, limit=1)
         except KubeError as exc:
             return exc.status not in (403, 404)
         return True
@@ -207,10 +201,10 @@ class KubeClient:
     async def patch_migration_status(self, namespace: str, name: str,
                                      status: Mapping[str, Any]) -> dict[str, Any]:
         body = {"status": dict(status)}
-        return await self._call("patch", f"{MIGRATION_PLURAL}/status", lambda: _decode(
-            self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, MIGRATION_PLURAL, name, body, _content_type=MERGE,
-                _request_timeout=self._timeout, _preload_content=False)))
+        patch = self.custom.patch_namespaced_custom_object_status_without_preload_content
+        return await self._call("patch", f"{MIGRATION_PLURAL}/status", lambda: patch(
+            GROUP, VERSION, namespace, MIGRATION_PLURAL, name, body, _content_type=MERGE,
+            _request_timeout=self._timeout))
 
     # --- Events ----------------------------------------------------------------------------------
 

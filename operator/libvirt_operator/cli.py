@@ -42,6 +42,16 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--fresh", action="store_true",
                      help="start with an empty API (the previous state file is kept as *.previous); the operator "
                           "then removes the guests of the node's old VMs as orphans")
+    drain = sub.add_parser("drain", help="live-migrate every running VM of a node to another node",
+                           description="Create a VirtualMachineMigration for every running or paused VM of NODE "
+                                       "to TARGET, list the VMs that cannot migrate (and why), and wait for the "
+                                       "migrations. Exit status: 0 all moved, 1 a migration failed, 2 some VMs "
+                                       "cannot migrate.")
+    drain.add_argument("node", metavar="NODE", help="the node to empty")
+    drain.add_argument("--to", dest="target", required=True, metavar="TARGET", help="the node to move the VMs to")
+    drain.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG, else in-cluster)")
+    drain.add_argument("--namespace", default=None, help="only the VMs of this namespace (default: all)")
+    drain.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the migrations (default: 600)")
     return parser
 
 
@@ -66,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         from libvirt_operator.operator_main import run_operator
 
         return asyncio.run(run_operator(settings))
+    if args.command == "drain":
+        from libvirt_operator.drain import run_drain
+
+        return run_drain(args.node, args.target, kubeconfig=args.kubeconfig or os.environ.get("KUBECONFIG"),
+                         namespace=args.namespace, timeout=args.timeout)
     if args.command == "dev":
         if args.kubeconfig is None and not os.environ.get("KUBECONFIG"):
             raise SystemExit("dev: --kubeconfig FILE is required (the kubeconfig is written there)")

@@ -41,6 +41,21 @@ class DomainCleaner(Protocol):
     async def clean_moved_domain(self, rec: VMRecord) -> None: ...
 
 
+class MigrationGate(Protocol):
+    """Whether a live migration of the VM with this uid runs (handlers/migration.py): its reconciliation
+    waits meanwhile, so that a guest leaving this node is neither redefined nor restarted here."""
+
+    def holds(self, uid: str) -> bool: ...
+
+
+class _NoMigrations:
+    def holds(self, uid: str) -> bool:
+        return False
+
+
+NO_MIGRATIONS: MigrationGate = _NoMigrations()
+
+
 class OperatorRuntime(Protocol):
     """What kopf's handlers call (handlers/registration.py)."""
 
@@ -49,6 +64,8 @@ class OperatorRuntime(Protocol):
     async def stop(self, grace: float = 30.0) -> None: ...
 
     def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None: ...
+
+    def observe_migration(self, event_type: str | None, body: Mapping[str, Any]) -> None: ...
 
     @property
     def watch_selector(self) -> str | None:
@@ -97,3 +114,4 @@ class VMParts:
     post_event: EventPoster
     spawn: Callable[[Coroutine[Any, Any, Any]], None]  # a task the runtime keeps and cancels at stop
     first_pass_done: Callable[[Key], None]  # readiness: this VM had its start-up pass
+    migrations: MigrationGate = NO_MIGRATIONS

@@ -69,10 +69,15 @@ async def run_operator(settings: Settings, *, stop_flag: asyncio.Event | None = 
             if on_runtime is not None:
                 on_runtime(runtime)
             began = time.monotonic()
+            migrations = await kube.may_watch_migrations(settings.namespace)
+            if not migrations:
+                logger.warning("VirtualMachineMigrations cannot be listed (no CRD, or RBAC without them): live "
+                               "migration is off until the operator restarts")
             try:
                 existing = asyncio.all_tasks()  # what kopf.operator() tells run_tasks to leave alone
                 tasks = await kopf.spawn_tasks(
-                    registry=build_registry(settings.kubeconfig, watch_timeout=settings.watch_timeout),
+                    registry=build_registry(settings.kubeconfig, watch_timeout=settings.watch_timeout,
+                                            migrations=migrations),
                     memo=kopf.Memo(runtime=runtime),
                     standalone=True,
                     clusterwide=settings.namespace is None,

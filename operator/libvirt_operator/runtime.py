@@ -26,6 +26,7 @@ import libvirt
 from libvirt_operator.api.status import event_name, get_condition, power_state
 from libvirt_operator.context import HostFacts, HostParts, VMParts
 from libvirt_operator.handlers.host import HostReconciler
+from libvirt_operator.handlers.migration import MigrationController, MigrationParts
 from libvirt_operator.handlers.node import NodeReporter, quality_warnings, read_host_info
 from libvirt_operator.handlers.vm import Reconciler
 from libvirt_operator.hypervisor import domains
@@ -139,10 +140,14 @@ class Runtime:
         self.host = HostReconciler(HostParts(settings=settings, conn=self.conn, storage=self.storage,
                                              records=self.records, post_event=self.post_event,
                                              get_vm=self._get_vm))
+        self.migrations = MigrationController(MigrationParts(
+            settings=settings, kube=kube, conn=self.conn, storage=self.storage, records=self.records,
+            post_event=self.post_event, spawn=self.spawn, requeue_vm=self.queue.add))
         self.reconciler = Reconciler(VMParts(
             settings=settings, kube=kube, conn=self.conn, storage=self.storage, records=self.records,
             metrics=self.metrics, facts=self.facts, host=self.host, restart_required=self.restart_required,
-            post_event=self.post_event, spawn=self.spawn, first_pass_done=self.first_pass_done))
+            post_event=self.post_event, spawn=self.spawn, first_pass_done=self.first_pass_done,
+            migrations=self.migrations))
         self.node = NodeReporter(settings, kube)
         self._pending_first: set[Key] = set()
         self._first_pass_event = asyncio.Event()
@@ -207,6 +212,8 @@ class Runtime:
         vms = await self._list_vms_until_answered()
         for vm in vms:
             self.records.upsert(vm)
+        self._ready_reason = "listing VirtualMachineMigrations"
+        await self.migrations.start_up(vms)  # before the first pass: VMs migrating are held
         self._ready_reason = "scanning domains"
         await self.host.startup_scan(vms)
 
@@ -215,6 +222,7 @@ class Runtime:
         self.queue.start(self._reconcile, s.workers)
         for key in mine:
             self.queue.add(key)
+        self.migrations.start()
         self._startup_done = True
         self._loops.append(asyncio.create_task(self._sync_loop(), name="full-sync"))
         self._loops.append(asyncio.create_task(self.metrics.watch_loop_lag(collect=self._collect),
@@ -295,6 +303,7 @@ class Runtime:
         except TimeoutError:
             logger.warning("stopping with reconciliations still in progress")
         await self.queue.stop()
+        await self.migrations.stop()
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -338,6 +347,10 @@ class Runtime:
         if record.node_name == self.settings.node_name or was_mine:
             if self._startup_done:
                 self.queue.add(key)
+
+    def observe_migration(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A VirtualMachineMigration watch event (handlers/migration.py)."""
+        self.migrations.observe(event_type, body)
 
     def _moved_away(self, body: dict[str, Any]) -> None:
         """Still exists, now another node's: the reconciler removes its domain here (and the record)."""

@@ -55,6 +55,8 @@ class Settings:
     keepalive_count: int = 3
     lease: bool = True
     lease_duration: float = 15.0
+    migration_uri: str = ""  # "": this node receives no live migrations
+    migration_bandwidth: int = 0  # MiB/s a live migration from this node may use; 0: no limit
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -95,6 +97,11 @@ _OPTIONS: list[tuple[str, str, str, str, str]] = [
      "hold a per-node Lease so that only one operator process acts for a node (the others wait)"),
     ("--lease-duration", "LEASE_DURATION", "lease_duration", "float",
      "seconds after which a lease not renewed may be taken over"),
+    ("--migration-uri", "MIGRATION_URI", "migration_uri", "str",
+     "libvirt URI at which other nodes' libvirtd reach this node's for a live migration (peer-to-peer, "
+     "e.g. qemu+tls://<host>/system), published on the Node; none: this node receives no migrations"),
+    ("--migration-bandwidth", "MIGRATION_BANDWIDTH", "migration_bandwidth", "int",
+     "MiB/s a live migration from this node may use (libvirt's migration bandwidth; 0: no limit)"),
     ("--log-level", "LOG_LEVEL", "log_level", "str", "DEBUG, INFO, WARNING or ERROR"),
 ]
 
@@ -105,7 +112,7 @@ RUN_FLAGS = frozenset(opt[0] for opt in _OPTIONS) | frozenset(
 
 
 # What a default of None means, for the help text.
-_NONE_DEFAULTS = {"kubeconfig": "in-cluster config", "namespace": "all namespaces"}
+_NONE_DEFAULTS = {"kubeconfig": "in-cluster config", "namespace": "all namespaces", "migration_uri": "none"}
 
 
 def _dev_help() -> dict[str, tuple[str, str | None]]:
@@ -122,7 +129,7 @@ def _dev_help() -> dict[str, tuple[str, str | None]]:
 
 def default_text(name: str, value: Any) -> str:
     """Pure: a setting's default as the help shows it."""
-    if value is None:
+    if value is None or value == "":
         return _NONE_DEFAULTS.get(name, "none")
     if isinstance(value, bool):
         return "on" if value else "off"
@@ -214,6 +221,8 @@ def validate(settings: Settings) -> None:
         raise SystemExit("--watch-timeout must be at least 1 second")
     if settings.workers < 1:
         raise SystemExit("--workers must be at least 1")
+    if settings.migration_bandwidth < 0:
+        raise SystemExit("--migration-bandwidth must not be negative")
 
 
 def watch_timeouts(server_timeout: float) -> tuple[int, float]:

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from libvirt_operator import settings as settings_mod
-from libvirt_operator.api.constants import CRD_NAME, GROUP, PLURAL, VERSION
+from libvirt_operator.api.constants import CRD_NAME, GROUP, MIGRATION_CRD_NAME, MIGRATION_PLURAL, PLURAL, VERSION
 from libvirt_operator.kube.lease import LeaseConfig
 from tests.conftest import REPO
 from tests.helm.conftest import CHART, NAMESPACE, RELEASE, Helm, Manifest, Rendered
@@ -58,6 +58,8 @@ CLUSTER_GRANTS = {
     ("", "nodes/status"): {"get", "patch"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
     ("", "namespaces"): {"list", "watch"},
+    (GROUP, MIGRATION_PLURAL): {"get", "list", "watch"},
+    (GROUP, f"{MIGRATION_PLURAL}/status"): {"get", "patch"},
 }
 NAMESPACE_GRANTS = {("coordination.k8s.io", "leases"): {"get", "list", "watch", "create", "update", "patch"}}
 NODE_RESTRICTION_KINDS = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")  # cluster-scoped
@@ -74,6 +76,7 @@ CUSTOM: dict[str, Any] = {
         "shutdownTimeout": 120.5,
         "stoppedEventDelay": 0.5,
         "sharedStorage": "true",
+        "migrationUri": "qemu+tls://$(NODE_NAME).example/system",
         "resumeGuestsOnHostBoot": False,
         "deleteOrphanDisks": True,
         "workers": 4,
@@ -122,7 +125,10 @@ def settings_from(rendered: Rendered, monkeypatch: pytest.MonkeyPatch, node: str
             monkeypatch.setenv(name, var["value"])
     parser = argparse.ArgumentParser()
     settings_mod.add_arguments(parser)
-    return settings_mod.from_namespace(parser.parse_args(rendered.container["args"]))
+    # The kubelet expands $(VAR) in args from the container's environment.
+    args = [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: os.environ.get(m[1], m[0]), arg)
+            for arg in rendered.container["args"]]
+    return settings_mod.from_namespace(parser.parse_args(args))
 
 
 def operator_command() -> list[str]:
@@ -165,7 +171,7 @@ def test_default_render_holds_the_operator_objects_and_no_service_monitor(defaul
 
 def test_crd_is_installed_from_the_crds_directory(helm: Helm) -> None:
     crds = helm.template(None, "--include-crds").all("CustomResourceDefinition")
-    assert [crd["metadata"]["name"] for crd in crds] == [CRD_NAME]
+    assert sorted(crd["metadata"]["name"] for crd in crds) == sorted([CRD_NAME, MIGRATION_CRD_NAME])
 
 
 def test_service_monitor_scrapes_the_metrics_service_port(custom_render: Rendered) -> None:
@@ -335,6 +341,7 @@ def test_custom_values_reach_the_operator_settings(custom_render: Rendered, monk
         settings_mod.Settings(), node_name="node-a", libvirt_uri=CUSTOM["operator"]["libvirtUri"],
         image_dir=Path("/srv/vm/images"), storage_dir=Path("/srv/vm/disks"), domain_type="kvm",
         sync_interval=2.5, shutdown_timeout=120.5, stopped_event_delay=0.5, shared_storage="true",
+        migration_uri="qemu+tls://node-a.example/system",
         resume_guests_on_host_boot=False, delete_orphan_disks=True, workers=4, log_level="DEBUG", max_vcpus=8,
         max_memory_mib=1048576, health_port=18080, metrics_port=19090,
         lease_duration=20.0, max_disks=4,  # extraArgs
@@ -523,7 +530,8 @@ def test_node_restriction_policy_confines_the_release_service_account_writes_to_
                for group in rule["apiGroups"] for resource in rule["resources"]}
     writes = {key for key, verbs in CLUSTER_GRANTS.items() if verbs & {"create", "update", "patch", "delete"}
               and key[1] != "events" and not key[1].endswith("/finalizers")}  # finalizers: RBAC-only, an UPDATE
-    assert writes == {(GROUP, PLURAL), (GROUP, f"{PLURAL}/status"), ("", "nodes"), ("", "nodes/status")}
+    assert writes == {(GROUP, PLURAL), (GROUP, f"{PLURAL}/status"), ("", "nodes"), ("", "nodes/status"),
+                      (GROUP, f"{MIGRATION_PLURAL}/status")}
     assert all("UPDATE" in matched.get(key, set()) for key in writes), matched
     assert not [key for key in matched if key[1] == "events"]
     assert "authentication.kubernetes.io/node-name" in json.dumps(spec["variables"])

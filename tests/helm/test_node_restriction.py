@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from libvirt_operator.api.constants import GROUP, PLURAL, VERSION
+from libvirt_operator.api.constants import GROUP, MIGRATING_ANNOTATION, MIGRATION_PLURAL, PLURAL, VERSION
 from testbed.control_plane import RESERVED_LABEL, ControlPlane
 from tests.conftest import wait_for
 from tests.helm.conftest import CHART, Helm
@@ -360,3 +360,54 @@ def test_the_admin_is_not_restricted(scene: Scene) -> None:
     # ... and the VM now on node B is out of the operator pod's reach on node A.
     assert scene.vm_message(scene.node_b) in scene.pod.refused(
         scene.policy, "patch", VM_RESOURCE, scene.vm_a, *ns, *merge({"metadata": {"annotations": {"x": "1"}}}))
+
+
+# --- live migration ------------------------------------------------------------------------------------------
+
+MIGRATION_RESOURCE = f"{MIGRATION_PLURAL}.{GROUP}"
+
+
+def migration_manifest(name: str, namespace: str, vm: str, target: str) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VirtualMachineMigration",
+            "metadata": {"name": name, "namespace": namespace}, "spec": {"vmName": vm, "targetNode": target}}
+
+
+def test_operator_pod_hands_a_vm_of_its_node_locked_by_a_migration_over_to_another(scene: Scene) -> None:
+    pod, ns = scene.pod, scene.ns
+    lock = "/metadata/annotations/virt.libvirt-operator.dev~1migrating"
+    pod.ok("patch", VM_RESOURCE, scene.vm_a, *ns, *merge({"metadata": {"annotations": {MIGRATING_ANNOTATION: "m1"}}}))
+    pod.ok("patch", VM_RESOURCE, scene.vm_a, *ns, "--type", "json", "-p", json.dumps([
+        {"op": "test", "path": lock, "value": "m1"}, {"op": "replace", "path": "/spec/nodeName", "value": scene.node_b},
+        {"op": "remove", "path": lock}]))
+    vm = scene.admin.get(VM_RESOURCE, scene.vm_a, *ns)
+    assert vm["spec"]["nodeName"] == scene.node_b
+    assert MIGRATING_ANNOTATION not in (vm["metadata"].get("annotations") or {})
+    # Now node B's: node A's pod may neither write it nor take it back.
+    err = pod.refused(scene.policy, "patch", VM_RESOURCE, scene.vm_a, *ns,
+                      *merge({"spec": {"nodeName": scene.node_a}}))
+    assert scene.vm_message(scene.node_b) in err
+
+
+def test_operator_pod_writes_only_the_migrations_its_node_is_the_source_or_the_target_of(scene: Scene) -> None:
+    pod, admin, ns = scene.pod, scene.admin, scene.ns
+    tag = uuid.uuid4().hex[:6]
+    mine, to_me, theirs = f"from-a-{tag}", f"to-a-{tag}", f"b-to-c-{tag}"
+    items = [migration_manifest(mine, scene.release.namespace, scene.vm_a, scene.node_b),
+             migration_manifest(to_me, scene.release.namespace, scene.vm_b, scene.node_a),
+             migration_manifest(theirs, scene.release.namespace, scene.vm_b, f"{scene.node_b}-c")]
+    try:
+        admin.ok("create", "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+        pod.ok("patch", MIGRATION_RESOURCE, mine, *ns, "--subresource", "status",
+               *merge({"status": {"phase": "Pending", "sourceNode": scene.node_a}}))
+        pod.ok("patch", MIGRATION_RESOURCE, to_me, *ns, "--subresource", "status",
+               *merge({"status": {"targetReady": True}}))
+        admin.ok("patch", MIGRATION_RESOURCE, theirs, *ns, "--subresource", "status",
+                 *merge({"status": {"sourceNode": scene.node_b}}))
+        err = pod.refused(scene.policy, "patch", MIGRATION_RESOURCE, theirs, *ns, "--subresource", "status",
+                          *merge({"status": {"phase": "Failed"}}))
+        assert "may only write the migrations its node is the source or the target of" in err
+        err = pod.refused(scene.policy, "patch", MIGRATION_RESOURCE, theirs, *ns, "--subresource", "status",
+                          *merge({"status": {"sourceNode": scene.node_a}}))  # nor claim to be its source
+        assert (admin.get(MIGRATION_RESOURCE, theirs, *ns)["status"] == {"sourceNode": scene.node_b})
+    finally:
+        admin.run("delete", MIGRATION_RESOURCE, mine, to_me, theirs, *ns, "--ignore-not-found")

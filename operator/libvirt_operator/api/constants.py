@@ -31,3 +31,14 @@ XML_NAMESPACE = f"https://{GROUP}/xmlns/domain/v1"
 XML_PREFIX = "lvo"
 
 CRD_PATH = Path(__file__).with_name("crd.yaml")
+
+# VirtualMachineMigration (issue 16): live migration of a running VM to another node.
+MIGRATION_KIND = "VirtualMachineMigration"
+MIGRATION_PLURAL = "virtualmachinemigrations"
+MIGRATION_SINGULAR = "virtualmachinemigration"
+# Not "vmim": KubeVirt's VirtualMachineInstanceMigration has it, and both may be installed in one cluster.
+MIGRATION_SHORT_NAMES = ("lvmim",)
+MIGRATION_CRD_NAME = f"{MIGRATION_PLURAL}.{GROUP}"
+MIGRATION_CRD_PATH = Path(__file__).with_name("migration-crd.yaml")
+# On each Node: the libvirt URI a peer-to-peer migration reaches this node's libvirtd at (--migration-uri).
+MIGRATION_URI_ANNOTATION = f"{GROUP}/migration-uri"

@@ -18,6 +18,7 @@ class Phase(StrEnum):
     STOPPED = "Stopped"
     FAILED = "Failed"
     TERMINATING = "Terminating"
+    MIGRATING = "Migrating"  # a live migration to another node runs (VirtualMachineMigration)
 
 
 class PowerState(StrEnum):

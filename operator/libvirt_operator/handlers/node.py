@@ -19,6 +19,7 @@ import libvirt
 
 from libvirt_operator.api.constants import (
     GROUP,
+    MIGRATION_URI_ANNOTATION,
     NODE_CONDITION_TYPE,
     NODE_LABEL_OWNER_ANNOTATION,
     NODE_SCHEDULABLE_LABEL,
@@ -142,6 +143,8 @@ class NodeReporter:
             f"{GROUP}/domain-type": info.virt_type,
             f"{GROUP}/domain-type-reason": domain_type_reason,
         }
+        if self.settings.migration_uri:  # where a source node's libvirtd sends a live migration
+            annotations[MIGRATION_URI_ANNOTATION] = self.settings.migration_uri
         try:
             await self.kube.patch_node(self.settings.node_name,
                                           {"metadata": {"labels": labels, "annotations": annotations}})

@@ -10,6 +10,8 @@
   from the first request;
 - ``on.event`` for VirtualMachines: feeds the reconciler's cache and queue. The initial listing of the
   watch arrives here too (type None), which is how VMs are resumed after a restart;
+- ``on.event`` for VirtualMachineMigrations (all of them: few, and the VM's node is known only from the
+  VM): handlers/migration.py;
 - ``on.cleanup``: lets in-flight operations finish, then closes libvirt.
 
 Why ``on.event`` rather than kopf's change-detection handlers (on.create/update/resume): those persist a
@@ -25,7 +27,7 @@ from typing import Any
 
 import kopf
 
-from libvirt_operator.api.constants import GROUP, PLURAL, VERSION
+from libvirt_operator.api.constants import GROUP, MIGRATION_PLURAL, PLURAL, VERSION
 from libvirt_operator.context import OperatorRuntime
 from libvirt_operator.kube.client import load_configuration
 from libvirt_operator.settings import watch_timeouts
@@ -52,7 +54,10 @@ async def connection_info(kubeconfig: str | None) -> kopf.ConnectionInfo:
     )
 
 
-def build_registry(kubeconfig: str | None, *, watch_timeout: float = 300.0) -> kopf.OperatorRegistry:
+def build_registry(kubeconfig: str | None, *, watch_timeout: float = 300.0,
+                   migrations: bool = True) -> kopf.OperatorRegistry:
+    """``migrations``: watch VirtualMachineMigrations too. Off when the API refuses to list them (no CRD, or
+    the RBAC of an older chart): kopf stops on a watch it may not make, which would take the VMs down too."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
@@ -75,6 +80,12 @@ def build_registry(kubeconfig: str | None, *, watch_timeout: float = 300.0) -> k
         # async on purpose: kopf runs sync handlers in a thread pool; the cache and queue are loop-only.
         runtime: OperatorRuntime = memo["runtime"]
         runtime.observe(type, _plain(body))
+
+    if migrations:
+        @kopf.on.event(GROUP, VERSION, MIGRATION_PLURAL, registry=registry)
+        async def migration_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+            runtime: OperatorRuntime = memo["runtime"]
+            runtime.observe_migration(type, _plain(body))
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:

@@ -39,6 +39,7 @@ from libvirt_operator.hypervisor.domain_xml import Owner, build_domain_xml, fiel
 from libvirt_operator.hypervisor.seed import SeedData, SeedError
 from libvirt_operator.hypervisor.storage import StorageError
 from libvirt_operator.kube.client import KubeError
+from libvirt_operator.pipeline.migration_policy import is_migration_event
 from libvirt_operator.pipeline.policy import Action, Decision, Observed, decide, phase_for
 from libvirt_operator.pipeline.records import Key, VMRecord
 
@@ -132,6 +133,9 @@ class Reconciler:
                 # it arrives as ADDED), so it leaves the cache.
                 self.parts.records.remove(rec.key)
             return None
+
+        if self.parts.migrations.holds(rec.uid):
+            return None  # a live migration moves its guest: handlers/migration.py requeues it when done
 
         if not self.parts.conn.connected:
             await self._write_status(rec, self._disconnected_status(rec))
@@ -755,6 +759,9 @@ class Reconciler:
                 if etype == "Stopped" and rec.held_stop is not None and rec.held_stop.received <= ev.received:
                     rec.held_stop, rec.hold_until = None, 0.0  # the notice that came before our own stop
                 continue  # caused by our own action, already reflected in the status we wrote
+            if is_migration_event(etype, detail):
+                self._note_event(rec, ev, etype, detail)  # never a crash or a stop: nothing held, nothing acted on
+                continue
             if etype in ("Shutdown", "Stopped") and self.parts.settings.stopped_event_delay > 0:
                 # A stop episode (QEMU's SHUTDOWN notice, then STOPPED) is held back as one: a STARTED
                 # within the delay makes it a reboot. The STOPPED, when it comes, is what gets reported.

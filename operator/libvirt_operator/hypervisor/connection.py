@@ -274,18 +274,20 @@ class Connection:
 
     # --- calls ---------------------------------------------------------------------------------
 
-    async def call(self, what: str, fn: Callable[[libvirt.virConnect], T]) -> T:
-        """Run ``fn(conn)`` in the thread pool; libvirt errors become HypervisorError subclasses."""
+    async def call(self, what: str, fn: Callable[[libvirt.virConnect], T], *, limit: float | None = None) -> T:
+        """Run ``fn(conn)`` in the thread pool; libvirt errors become HypervisorError subclasses.
+        ``limit``: seconds, for calls that take long by nature (a live migration), instead of the usual limit."""
         conn = self._conn
         if conn is None:
             raise HypervisorUnavailable(f"{what}: not connected to libvirt at {self.uri} ({self.last_error})")
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, self._run, conn, what, fn)
         try:
-            async with asyncio.timeout(self._call_timeout):  # not wait_for: it can swallow a cancel (3.11)
+            limit = self._call_timeout if limit is None else limit
+            async with asyncio.timeout(limit):  # not wait_for: it can swallow a cancel (3.11)
                 return await future
         except TimeoutError as exc:
-            raise HypervisorUnavailable(f"{what}: no answer from libvirt within {self._call_timeout:.0f}s") from exc
+            raise HypervisorUnavailable(f"{what}: no answer from libvirt within {limit:.0f}s") from exc
 
     def _run(self, conn: libvirt.virConnect, what: str, fn: Callable[[libvirt.virConnect], T]) -> T:
         try:

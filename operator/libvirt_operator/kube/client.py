@@ -31,7 +31,7 @@ import kubernetes.aio.client
 import kubernetes.aio.config
 from kubernetes.aio.client.exceptions import ApiException
 
-from libvirt_operator.api.constants import GROUP, KIND, PLURAL, VERSION
+from libvirt_operator.api.constants import GROUP, KIND, MIGRATION_PLURAL, PLURAL, VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +175,37 @@ class KubeClient:
             if exc.not_found:
                 return None
             raise
+
+    # --- VirtualMachineMigrations ---------------------------------------------------------------
+
+    async def list_migrations(self, namespace: str | None = None, *, limit: int | None = None) -> list[dict[str, Any]]:
+        options: dict[str, Any] = {"limit": limit} if limit else {}
+
+        def fn() -> Any:
+            if namespace:
+                return self.custom.list_namespaced_custom_object_without_preload_content(
+                    GROUP, VERSION, namespace, MIGRATION_PLURAL, _request_timeout=self._timeout, **options)
+            return self.custom.list_cluster_custom_object_without_preload_content(
+                GROUP, VERSION, MIGRATION_PLURAL, _request_timeout=self._timeout, **options)
+        result = await self._call("list", MIGRATION_PLURAL, fn)
+        return list(result.get("items") or [])
+
+    async def may_watch_migrations(self, namespace: str | None = None) -> bool:
+        """Whether the API serves VirtualMachineMigrations and lets this operator list them (403 and 404: no;
+        an outage: yes, kopf then waits for the API as it does for VMs)."""
+        try:
+            await self.list_migrations(namespace, limit=1)
+        except KubeError as exc:
+            return exc.status not in (403, 404)
+        return True
+
+    async def patch_migration_status(self, namespace: str, name: str,
+                                     status: Mapping[str, Any]) -> dict[str, Any]:
+        body = {"status": dict(status)}
+        patch = self.custom.patch_namespaced_custom_object_status_without_preload_content
+        return await self._call("patch", f"{MIGRATION_PLURAL}/status", lambda: patch(
+            GROUP, VERSION, namespace, MIGRATION_PLURAL, name, body, _content_type=MERGE,
+            _request_timeout=self._timeout))
 
     # --- Events ----------------------------------------------------------------------------------
 

@@ -14,6 +14,9 @@ Once (KubeVirt's): started when first created (or retried), then never again onc
 stopped; a spec change does not start it again either (Manual starts on a spec change only a VM never
 started).
 
+A guest shut off because it migrated away (shut-off reason Migrated) is never started again, whatever
+the strategy: it runs on the other node.
+
 A restart by policy is a guest that stopped on its own and is started again by the strategy; a start the
 user asked for (the spec changed, e.g. Halted -> Always) is a start, never counted as a restart.
 
@@ -74,6 +77,9 @@ def decide(
     """
     power = observed.power
     stopped = power in (PowerState.SHUTOFF, PowerState.CRASHED, PowerState.NO_STATE)
+    if stopped and observed.reason == "Migrated":
+        # Its guest runs on another node now (a live migration): starting it here would make two.
+        return Decision(Action.NONE, "migrated away: the guest runs on another node")
 
     if run_strategy == "Halted":
         if stopped:

@@ -22,6 +22,7 @@ import datetime
 import json
 import logging
 import socket
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -78,7 +79,6 @@ class KubeClient:
                  component: str = "libvirt-operator") -> None:
         self.api_client = api_client
         self.custom = kubernetes.aio.client.CustomObjectsApi(api_client)
-        self.core = kubernetes.aio.client.CoreV1Api(api_client)
         self._timeout = request_timeout
         self.component = component
         self.host = socket.gethostname()
@@ -235,29 +235,48 @@ class KubeClient:
             "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "count": 1,
         }
-        await self._call("create", "events", lambda: self.core.create_namespaced_event_without_preload_content(
-            namespace, body, _request_timeout=self._timeout))
+        await self._core("create", "events", "POST", f"/api/v1/namespaces/{_q(namespace)}/events", body=body)
 
     # --- Nodes -----------------------------------------------------------------------------------
 
     async def get_secret_data(self, namespace: str, name: str) -> dict[str, bytes]:
         """A Secret's data, decoded (get only: the chart grants no list or watch on Secrets)."""
-        body = await self._call("get", "secrets", lambda: self.core.read_namespaced_secret_without_preload_content(
-            name, namespace, _request_timeout=self._timeout))
+        body = await self._core("get", "secrets", "GET", f"/api/v1/namespaces/{_q(namespace)}/secrets/{_q(name)}")
         data = body.get("data") or {}
         return {str(k): base64.b64decode(v) for k, v in data.items() if isinstance(v, str)}
 
     async def get_node(self, name: str) -> dict[str, Any]:
-        return await self._call("get", "nodes", lambda: self.core.read_node_without_preload_content(
-            name, _request_timeout=self._timeout))
+        return await self._core("get", "nodes", "GET", f"/api/v1/nodes/{_q(name)}")
 
     async def patch_node(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
-        return await self._call("patch", "nodes", lambda: self.core.patch_node_without_preload_content(
-            name, dict(patch), _content_type=STRATEGIC, _request_timeout=self._timeout))
+        return await self._core("patch", "nodes", "PATCH", f"/api/v1/nodes/{_q(name)}", body=dict(patch),
+                                content_type=STRATEGIC)
 
     async def patch_node_status(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
-        return await self._call("patch", "nodes/status", lambda: self.core.patch_node_status_without_preload_content(
-            name, dict(patch), _content_type=STRATEGIC, _request_timeout=self._timeout))
+        return await self._core("patch", "nodes/status", "PATCH", f"/api/v1/nodes/{_q(name)}/status",
+                                body=dict(patch), content_type=STRATEGIC)
+
+    async def _core(self, verb: str, resource: str, method: str, path: str, *, body: Any = None,
+                    content_type: str | None = None) -> dict[str, Any]:
+        """A core API (/api/v1) request through the client's own request path (authentication, TLS, the
+        pool), without its generated CoreV1Api: importing that module loads about 250 pydantic models at
+        once, 25 MiB of RSS (measured) for the five calls made here."""
+        headers = {"Accept": "application/json"}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        elif body is not None:
+            headers["Content-Type"] = "application/json"
+
+        async def request() -> Any:
+            params = await self.api_client.param_serialize(method=method, resource_path=path, header_params=headers,
+                                                           body=body, auth_settings=["BearerToken"])
+            sent = await self.api_client.call_api(*params, _request_timeout=self._timeout, _preload_content=False)
+            return sent.response
+        return await self._call(verb, resource, request)
+
+
+def _q(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="")
 
 
 def _decode(body: bytes) -> dict[str, Any]:

@@ -6,6 +6,7 @@ Each function takes the live ``virConnect`` first so it can be passed as ``lambd
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import libvirt
@@ -146,54 +147,47 @@ def shutdown(conn: libvirt.virConnect, uuid: str, *, agent: bool = False) -> str
     """Ask the guest to power off: through the guest agent when ``agent`` (falling back to ACPI when it
     does not take the request), else ACPI. Returns at once with the way used ('agent', 'acpi', or '' when
     there was nothing to stop); the caller polls and destroys after the grace period."""
-    dom = lookup(conn, uuid)
-    if dom is None or not dom.isActive():
-        return ""
-    if agent:
-        try:
-            dom.agentSetResponseTimeout(AGENT_SHUTDOWN_TIMEOUT, 0)
-            dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT)
-            return "agent"
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                return ""
-            logger.info("guest agent shutdown of %s refused (%s): ACPI instead", uuid, exc.get_error_message())
-    try:
-        dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
-    except libvirt.libvirtError as exc:
-        code = exc.get_error_code()
-        if code == libvirt.VIR_ERR_OPERATION_INVALID:
-            return ""
-        if code != libvirt.VIR_ERR_NO_SUPPORT and code != libvirt.VIR_ERR_INVALID_ARG:
-            raise
-        dom.shutdown()  # a driver without mode flags (test://): its default way
-    return "acpi"
+    return _ask_guest(conn, uuid, "shutdown", agent=agent,
+                      by_agent=lambda d: d.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT),
+                      by_acpi=lambda d: d.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN),
+                      by_default=lambda d: d.shutdown())
 
 
 def reboot(conn: libvirt.virConnect, uuid: str, *, agent: bool = False) -> str:
     """Ask the guest to reboot: through the guest agent when ``agent`` (ACPI when it refuses), else ACPI.
     Returns the way used ('' when the domain is not running)."""
+    return _ask_guest(conn, uuid, "reboot", agent=agent,
+                      by_agent=lambda d: d.reboot(libvirt.VIR_DOMAIN_REBOOT_GUEST_AGENT),
+                      by_acpi=lambda d: d.reboot(libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN),
+                      by_default=lambda d: d.reboot(0))
+
+
+def _ask_guest(conn: libvirt.virConnect, uuid: str, what: str, *, agent: bool,
+               by_agent: Callable[[libvirt.virDomain], object], by_acpi: Callable[[libvirt.virDomain], object],
+               by_default: Callable[[libvirt.virDomain], object]) -> str:
+    """A request the guest itself carries out: the agent first when asked (ACPI when it refuses), then
+    ACPI; a driver without modes (test://) gets its default way. '' when the domain is not running."""
     dom = lookup(conn, uuid)
     if dom is None or not dom.isActive():
         return ""
     if agent:
         try:
             dom.agentSetResponseTimeout(AGENT_SHUTDOWN_TIMEOUT, 0)
-            dom.reboot(libvirt.VIR_DOMAIN_REBOOT_GUEST_AGENT)
+            by_agent(dom)
             return "agent"
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return ""
-            logger.info("guest agent reboot of %s refused (%s): ACPI instead", uuid, exc.get_error_message())
+            logger.info("guest agent %s of %s refused (%s): ACPI instead", what, uuid, exc.get_error_message())
     try:
-        dom.reboot(libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
+        by_acpi(dom)
     except libvirt.libvirtError as exc:
         code = exc.get_error_code()
         if code == libvirt.VIR_ERR_OPERATION_INVALID:
             return ""
         if code not in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_INVALID_ARG):
             raise
-        dom.reboot(0)  # a driver without modes (test://): its default way
+        by_default(dom)
     return "acpi"
 
 

@@ -15,11 +15,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime
+import shutil
+import tempfile
 import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import libvirt
@@ -92,6 +95,9 @@ def _remove_owned(host: Host, node: str) -> None:
 
 def _raw_baseline(host: Host, template: str, node: str, count: int, interval: float) -> list[float]:
     """The same domains through libvirt alone: define + start, paced like the creates, then removed."""
+    logs = Path(tempfile.mkdtemp(prefix="lvo-bench-raw-logs-", dir="/var/tmp"))
+    logs.chmod(0o755)
+
     def xml_for(i: int) -> str:
         root = ET.fromstring(template)
         for tag in ("uuid", "metadata"):  # a fresh UUID from libvirt; no owner: the operator never sees it
@@ -100,6 +106,10 @@ def _raw_baseline(host: Host, template: str, node: str, count: int, interval: fl
         name = root.find("name")
         assert name is not None
         name.text = f"default_{node}-raw-{i:03d}"
+        for log in root.iterfind("devices/serial/log"):
+            # The template's console log is in its VM's directory, gone with that VM: a file of its own
+            # (libvirt refuses to start a guest whose log it cannot open).
+            log.set("file", str(logs / f"raw-{i:03d}.console.log"))
         return ET.tostring(root, encoding="unicode")
 
     documents = [xml_for(i) for i in range(count)]
@@ -122,6 +132,7 @@ def _raw_baseline(host: Host, template: str, node: str, count: int, interval: fl
     finally:
         for uuid_ in uuids:
             host.remove(uuid_)
+        shutil.rmtree(logs, ignore_errors=True)
 
 
 async def _create_paced(admin: Endpoint, namespace: str, manifests: Sequence[Mapping[str, Any]], interval: float,

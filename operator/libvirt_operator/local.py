@@ -30,7 +30,7 @@ import libvirt
 import yaml
 
 from libvirt_operator import __version__
-from libvirt_operator.api.constants import CRD_PATH, GROUP, KIND, PLURAL, VERSION
+from libvirt_operator.api.constants import CRD_PATH, GROUP, KIND, MIGRATION_CRD_PATH, PLURAL, VERSION
 from libvirt_operator.api.spec import DNS1123_SUBDOMAIN
 from libvirt_operator.kube.lease import LeaseConfig, parse_micro_time
 from libvirt_operator.settings import Settings, _state_dir
@@ -215,7 +215,7 @@ class EmulatorProcess:
         # first (it releases its Lease) and the emulator last, so that the state file has the final word.
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "kube_emulator", "--kubeconfig", str(self.kubeconfig), "--port", str(self.port),
-            "--crd", str(CRD_PATH), *state, start_new_session=True)
+            "--crd", str(CRD_PATH), "--crd", str(MIGRATION_CRD_PATH), *state, start_new_session=True)
         try:
             async with asyncio.timeout(EMULATOR_START_TIMEOUT):
                 while not self.kubeconfig.exists():

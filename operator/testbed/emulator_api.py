@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from libvirt_operator.api.constants import CRD_PATH
+from libvirt_operator.api.constants import CRD_PATH, MIGRATION_CRD_PATH
 from testbed.net import free_port
 from testbed.polling import wait_for as poll
 
@@ -34,7 +34,8 @@ class EmulatorApi:
     def start(self) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "kube_emulator", "--kubeconfig", str(self.kubeconfig),
-                                          "--port", str(self.port), "--crd", str(CRD_PATH)],
+                                          "--port", str(self.port), "--crd", str(CRD_PATH),
+                                          "--crd", str(MIGRATION_CRD_PATH)],
                                          stdout=log, stderr=subprocess.STDOUT)
         poll(lambda: self.kubeconfig.exists() and self._get("/version"), timeout=30, what="the API emulator")
 

@@ -308,7 +308,8 @@ def test_disk_creation_failing_on_a_full_disk_fails_the_vm_naming_the_disk_and_l
                 cluster.kubectl("annotate", "lvm", vm_name, f"{RETRY_ANNOTATION}=space-freed")
             uid_two = cluster.wait_phase(two, "Running")["domainUUID"]
             cluster.wait_phase(full, "Running")
-            assert sorted(p.name for p in (storage / uid_two).iterdir()) == ["a.qcow2", "b.qcow2"]
+            # the two disks and the serial console's log (every guest has one, kept in its VM's directory)
+            assert sorted(p.name for p in (storage / uid_two).iterdir()) == ["a.qcow2", "b.qcow2", "console.log"]
         finally:
             # QEMU holds the disks open: the guests go before the file system does.
             operator.stop()

@@ -263,7 +263,8 @@ def test_specs_only_the_node_can_judge_end_failed_naming_the_field_and_leave_not
     fixed = next(n for n, (case, _f, _t) in names.items() if case == "second disk bad, first fine")
     cluster.patch_spec(fixed, {"disks": [{"name": "a", "size": "8Mi"}, {"name": "b", "image": "base.qcow2"}]})
     uid = cluster.wait_phase(fixed, "Running")["domainUUID"]
-    assert sorted(p.name for p in (storage / uid).iterdir()) == ["a.qcow2", "b.qcow2"]
+    # the two disks and the serial console's log (every guest has one, kept in its VM's directory)
+    assert sorted(p.name for p in (storage / uid).iterdir()) == ["a.qcow2", "b.qcow2", "console.log"]
 
 
 def _settled(cluster: Cluster, name: str) -> Callable[[], dict[str, Any] | None]:

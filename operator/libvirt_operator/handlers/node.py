@@ -89,7 +89,8 @@ def quality_warnings(info: HostInfo) -> list[str]:
     if info.arch not in TESTED_ARCHES:
         warnings.append(f"architecture {info.arch!r} is not tested; tested: {', '.join(TESTED_ARCHES)}")
     if info.virt_type == "qemu":
-        warnings.append("KVM is not usable: guests run under TCG emulation, much slower")
+        # No usable /dev/kvm, or one that cannot run a real kernel (--domain-type auto: the Node says which)
+        warnings.append("guests run under TCG emulation (domain type qemu), much slower than KVM")
     return warnings
 
 

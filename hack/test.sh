@@ -49,7 +49,8 @@ for arg in "$@"; do
 done
 
 echo "== pytest"
-.venv/bin/python -m pytest -q "${paths[@]}" "$@"
+# The slowest tests in every log: what CI's time goes to (its limit: under 20 minutes with builds cached).
+.venv/bin/python -m pytest -q --durations=25 "${paths[@]}" "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
     # pytest's "no tests ran" is exit 5: never let an empty run pass for a green suite.

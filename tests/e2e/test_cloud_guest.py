@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from libvirt_operator.api.constants import RESTART_ANNOTATION
+from testbed.guest_ssh import guest_cat, guest_ssh
 from tests.conftest import REPO
 from tests.e2e.harness import OPERATOR, Cluster, free_port, poll, unique, vm_manifest
 
@@ -45,19 +46,6 @@ def _images(images: Path) -> None:
         pytest.skip("hack/guest-image.sh builds as root")
     out = subprocess.run(["bash", str(SCRIPT), str(images)], capture_output=True, text=True, timeout=1500)
     assert out.returncode == 0, f"hack/guest-image.sh failed:\n{out.stderr[-3000:]}"
-
-
-def _ssh(key: Path, port: int, command: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-         "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", "-i", str(key),
-         "-p", str(port), "debian@127.0.0.1", command],
-        capture_output=True, text=True, timeout=timeout)
-
-
-def _cat(key: Path, port: int, path: str) -> str | None:
-    out = _ssh(key, port, f"cat {path}")
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def _console_prompt(name: str, timeout: float = 60.0) -> bytes:
@@ -146,7 +134,7 @@ def _boot_log_in_and_stop(cluster: Cluster, make_operator: Any, storage: Path, i
     console = Path(status["consoleLog"])
     assert console.parent.parent == storage.resolve(), console
     try:
-        seen = poll(lambda: _cat(key, port, PROOF_FILE), timeout=BOOT_TIMEOUT, interval=1.0,
+        seen = poll(lambda: guest_cat(key, port, PROOF_FILE), timeout=BOOT_TIMEOUT, interval=1.0,
                     what=f"ssh -p {port} debian@127.0.0.1 cat {PROOF_FILE}")
     except AssertionError as exc:
         tail = console.read_text(errors="replace")[-3000:] if console.exists() else "(no console log)"
@@ -180,11 +168,11 @@ def _boot_log_in_and_stop(cluster: Cluster, make_operator: Any, storage: Path, i
     assert b"login:" in _console_prompt(name), "libvirt-operator console showed no login prompt"
 
     # The restart annotation reboots the guest once, gracefully (a new boot id), as no restart and no stop.
-    boot_id = _cat(key, port, "/proc/sys/kernel/random/boot_id")
+    boot_id = guest_cat(key, port, "/proc/sys/kernel/random/boot_id")
     assert boot_id
     cluster.kubectl("annotate", "lvm", name, f"{RESTART_ANNOTATION}=1")
     asked = time.monotonic()
-    rebooted = poll(lambda: (b := _cat(key, port, "/proc/sys/kernel/random/boot_id")) and b != boot_id and b,
+    rebooted = poll(lambda: (b := guest_cat(key, port, "/proc/sys/kernel/random/boot_id")) and b != boot_id and b,
                     timeout=BOOT_TIMEOUT, interval=1.0, what="the guest to come back with a new boot id")
     to_reboot = time.monotonic() - asked
     assert rebooted != boot_id
@@ -214,12 +202,12 @@ def _boot_log_in_and_stop(cluster: Cluster, make_operator: Any, storage: Path, i
     # Stopped, also through a later pass (a spec change), with no restart counted.
     cluster.patch_spec(name, {"runStrategy": "Always"})
     asked = time.monotonic()
-    poll(lambda: _cat(key, port, PROOF_FILE), timeout=BOOT_TIMEOUT, interval=1.0, what="SSH after the start")
+    poll(lambda: guest_cat(key, port, PROOF_FILE), timeout=BOOT_TIMEOUT, interval=1.0, what="SSH after the start")
     to_ssh_again = time.monotonic() - asked
     cluster.patch_spec(name, {"runStrategy": "Once"})
     poll(lambda: cluster.status(name).get("observedGeneration") == cluster.get(name)["metadata"]["generation"],
          timeout=30, what="runStrategy Once observed")
-    _ssh(key, port, "sudo systemctl poweroff")
+    guest_ssh(key, port, "sudo systemctl poweroff")
     status = cluster.wait_phase(name, "Stopped", timeout=SHUTDOWN_GRACE)
     cluster.patch_spec(name, {"cpu": {"cores": 2}})
     generation = cluster.get(name)["metadata"]["generation"]  # type: ignore[index]

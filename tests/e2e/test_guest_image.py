@@ -29,6 +29,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import pytest
 
+from testbed.guest_ssh import guest_cat, guest_ssh
 from testbed.hosts import libvirtd_answers
 from tests.conftest import REPO, wait_for
 
@@ -171,19 +172,6 @@ def _domain_xml(name: str, images: Path, overlay: Path, seed: Path, console: Pat
 """
 
 
-def _ssh(key: Path, port: int, command: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-         "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", "-i", str(key),
-         "-p", str(port), "debian@127.0.0.1", command],
-        capture_output=True, text=True, timeout=timeout)
-
-
-def _ssh_cat(key: Path, port: int, path: str) -> str | None:
-    out = _ssh(key, port, f"cat {path}")
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 def _state(name: str) -> str:
     return _virsh("domstate", name, check=False)
 
@@ -224,7 +212,7 @@ def test_guest_image_boots_applies_cloud_init_answers_agent_and_powers_off_on_ac
         _virsh("start", name)
         started = time.monotonic()
         try:
-            seen = wait_for(lambda: _ssh_cat(key, port, PROOF_FILE), timeout=SSH_TIMEOUT, interval=0.5,
+            seen = wait_for(lambda: guest_cat(key, port, PROOF_FILE), timeout=SSH_TIMEOUT, interval=0.5,
                             what=f"ssh -p {port} debian@127.0.0.1 cat {PROOF_FILE}")
         except AssertionError as exc:
             tail = console.read_text(errors="replace")[-3000:] if console.exists() else "(no console log)"
@@ -233,12 +221,12 @@ def test_guest_image_boots_applies_cloud_init_answers_agent_and_powers_off_on_ac
         assert seen == token, f"the guest's {PROOF_FILE} says {seen!r}, the seed wrote {token!r}"
         # Both wait in the guest, bounded by the ssh timeout: every cloud-init module went well (resizefs
         # too), no unit failed.
-        done = _ssh(key, port, "cloud-init status --wait --long; systemctl is-system-running --wait",
+        done = guest_ssh(key, port, "cloud-init status --wait --long; systemctl is-system-running --wait",
                     timeout=SSH_TIMEOUT)
         booted = time.monotonic() - started
         assert "status: done" in done.stdout and done.stdout.strip().endswith("running"), (
             f"cloud-init or systemd in the guest: {done.stdout}{done.stderr}\n"
-            + _ssh(key, port, "systemctl --failed --no-legend; sudo tail -n 30 /var/log/cloud-init.log").stdout)
+            + guest_ssh(key, port, "systemctl --failed --no-legend; sudo tail -n 30 /var/log/cloud-init.log").stdout)
 
         asked_agent = time.monotonic()
         info = json.loads(wait_for(

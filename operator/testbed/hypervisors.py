@@ -126,8 +126,9 @@ class NamespacedHost:
     def open(self) -> libvirt.virConnect:
         return libvirt.open(self.uri)
 
-    def daemon_pid(self, name: str) -> int | None:
-        """The pid (as the machine sees it) of this host's ``libvirtd`` or ``virtlogd``; None: not running."""
+    def _processes(self) -> Iterator[tuple[int, list[bytes], str]]:
+        """(pid as the machine sees it, argv, /proc stat line) of every process in this host's PID
+        namespace; processes that end while being read are left out."""
         own_ns = os.readlink(f"/proc/{self.pid}/ns/pid")
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
@@ -136,10 +137,16 @@ class NamespacedHost:
                 if os.readlink(f"/proc/{entry}/ns/pid") != own_ns:
                     continue
                 argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
+            yield int(entry), argv, stat
+
+    def daemon_pid(self, name: str) -> int | None:
+        """The pid (as the machine sees it) of this host's ``libvirtd`` or ``virtlogd``; None: not running."""
+        for pid, argv, _stat in self._processes():
             if argv and os.path.basename(argv[0].decode(errors="replace")) == name:
-                return int(entry)
+                return pid
         return None
 
     def start_libvirtd(self) -> None:
@@ -151,25 +158,15 @@ class NamespacedHost:
     def qemu_processes(self) -> dict[str, tuple[int, int]]:
         """Guest name -> (pid as the machine sees it, start time in clock ticks since boot) of every QEMU
         process in this host's PID namespace."""
-        own_ns = os.readlink(f"/proc/{self.pid}/ns/pid")
         found: dict[str, tuple[int, int]] = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                if os.readlink(f"/proc/{entry}/ns/pid") != own_ns:
-                    continue
-                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
+        for pid, argv, stat in self._processes():
             if not argv or b"qemu-system" not in argv[0]:
                 continue
             for index, arg in enumerate(argv[:-1]):
                 if arg == b"-name":
                     guest = argv[index + 1].decode(errors="replace").split(",", 1)[0].removeprefix("guest=")
                     start = int(stat.rsplit(")", 1)[1].split()[19])  # field 22: starttime
-                    found[guest] = (int(entry), start)
+                    found[guest] = (pid, start)
         return found
 
 

@@ -329,6 +329,7 @@ class Runtime:
                                             "this" if vm_node == node or was_mine else "other").inc()
         logger.debug("VirtualMachine watch event %s for %s/%s (node %s)", event_type or "LISTED", *key, vm_node)
         if event_type == "DELETED":
+            self.records.forget(key)
             meaning = deleted_meaning(body, node, node_scoped=self.node_scoped)
             if meaning is Deleted.MOVED_AWAY:
                 self._moved_away(dict(body))
@@ -343,6 +344,9 @@ class Runtime:
             return
         if previous is not None and previous.holds(body):
             return  # the echo of our own write: nothing new
+        if self.records.outdated(body):
+            logger.debug("%s/%s: watch event older than the version it left this node's cache at: ignored", *key)
+            return
         record = self.records.upsert(dict(body))
         if record.node_name == self.settings.node_name or was_mine:
             if self._startup_done:

@@ -355,8 +355,9 @@ def test_a_source_operator_killed_mid_migration_and_restarted_converges_to_exact
     guests = running_guests(two_nodes, uid)
     print(f"\nafter the restart: migration {done['status']['phase']} ({done['status']['message']}); guests {guests}")
     running_on = [node for node, active in guests.items() if active]
-    assert len(running_on) == 1, guests  # exactly one running guest, never two, never none
-    assert [node for node, active in guests.items() if active is not None] == running_on  # no leftover domain
+    logs = "\n".join(f"--- operator {node}:\n{op.tail(60)}" for node, op in two_nodes.operators.items())
+    assert len(running_on) == 1, f"{guests}\n{logs}"  # exactly one running guest, never two, never none
+    assert [node for node, active in guests.items() if active is not None] == running_on, logs  # none left over
     expected = two_nodes.target.name if done["status"]["phase"] == "Succeeded" else two_nodes.source.name
     assert running_on == [expected]
     cluster.wait_phase(name, "Running", timeout=60, nodeName=expected)

@@ -146,6 +146,24 @@ async def test_an_event_burst_for_one_vm_is_coalesced_into_at_most_one_write_per
     assert env.status("burst")["lastEvent"]["type"] == "Suspended"
 
 
+async def test_a_late_watch_event_of_a_vm_moved_to_another_node_does_not_bring_its_guest_back(env: Env) -> None:
+    """A move (the hand-over after a live migration) answered before the watch delivered the events before
+    it: such an event still names this node, and must not have the reconciler start the guest here again."""
+    uid = await env.create("mover")
+    await until(lambda: env.status("mover").get("phase") == "Running", what="Running")
+    await env.operator.idle()
+    before_move = env.vm("mover")
+    assert before_move is not None
+    await env.patch("mover", {"spec": {"nodeName": "another-node"}})
+    await until(lambda: uid not in {d.UUIDString() for d in env.libvirt.listAllDomains()},
+                what="the moved VM's domain removed here")
+    await until(lambda: env.runtime.records.get(("default", "mover")) is None, what="the record gone")
+    env.operator.call(lambda: env.runtime.observe("MODIFIED", before_move))  # the late event
+    await env.operator.idle()
+    assert env.runtime.records.get(("default", "mover")) is None
+    assert uid not in {d.UUIDString() for d in env.libvirt.listAllDomains()}  # no guest started here again
+
+
 async def test_events_for_domains_the_operator_does_not_own_are_ignored(env: Env) -> None:
     foreign = env.libvirt.lookupByName("test")  # test:///default's own domain: not ours
     before = env.status_patches()

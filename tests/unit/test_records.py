@@ -62,3 +62,30 @@ def test_a_record_holds_the_version_its_own_write_returned_and_nothing_else() ->
     assert not record.holds(_vm("8", "Paused"))  # anybody's later change: news
     store.upsert(_vm("6", "Stopped"))  # a stale event does not replace the newer body
     assert record.body["status"] == {"phase": "Running"}
+
+
+def test_a_watch_event_older_than_the_version_a_record_left_at_is_outdated_a_newer_one_or_a_new_object_is_not(
+        ) -> None:
+    store = RecordStore()
+    store.upsert(_vm("9"))  # the hand-over's answer: the VM is another node's now
+    store.remove(("default", "vm"))
+    assert store.outdated(_vm("8"))  # the watch's late MODIFIED of the status write before the hand-over
+    assert store.outdated(_vm("9"))
+    assert not store.outdated(_vm("10"))  # moved back: news
+    newcomer = _vm("3")
+    newcomer["metadata"]["uid"] = "another"  # type: ignore[index]
+    assert not store.outdated(newcomer)  # deleted and created again under the same name
+    store.forget(("default", "vm"))  # the watch's DELETED: nothing older follows on that stream
+    assert not store.outdated(_vm("8"))
+
+
+def test_tombstones_are_bounded_oldest_first() -> None:
+    store = RecordStore()
+    for i in range(records.MAX_TOMBSTONES + 1):
+        body = {"metadata": {"namespace": "default", "name": f"vm-{i}", "uid": f"u{i}", "resourceVersion": "5"}}
+        store.upsert(body)
+        store.remove(("default", f"vm-{i}"))
+    first = {"metadata": {"namespace": "default", "name": "vm-0", "uid": "u0", "resourceVersion": "4"}}
+    last = {"metadata": {"namespace": "default", "name": f"vm-{records.MAX_TOMBSTONES}",
+                         "uid": f"u{records.MAX_TOMBSTONES}", "resourceVersion": "4"}}
+    assert not store.outdated(first) and store.outdated(last)

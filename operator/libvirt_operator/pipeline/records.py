@@ -20,6 +20,9 @@ Key = tuple[str, str]  # (namespace, name)
 # returned (a start can itself take many seconds on a busy host; the window must not run out during it).
 EXPECT_WINDOW = 15.0
 MAX_PENDING_EVENTS = 32
+# Records that left the cache are remembered (uid, resourceVersion) this many at most: enough for every VM
+# a node hands over or deletes within a watch's lag.
+MAX_TOMBSTONES = 4096
 
 
 @dataclass
@@ -86,11 +89,19 @@ class VMRecord:
 
 
 class RecordStore:
-    """Records by key and by uid (the domain UUID)."""
+    """Records by key and by uid (the domain UUID), and tombstones of the records that left.
+
+    A record leaves when its VM moved to another node (a hand-over after a live migration, an admin's
+    move) or was deleted, often on the answer of this operator's own write, before the watch delivered the
+    events that came before that write. Such a late event carries the VM as it was (this node's name, the
+    migration lock): taken as news it would bring the record back and have the reconciler define and
+    start a guest that now runs on another node. The tombstone (uid, resourceVersion) tells it apart.
+    """
 
     def __init__(self) -> None:
         self._by_key: dict[Key, VMRecord] = {}
         self._by_uid: dict[str, Key] = {}
+        self._tombstones: dict[Key, tuple[str, int]] = {}
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -112,6 +123,7 @@ class RecordStore:
         if record is None:
             record = VMRecord(key=key, body=body)
             self._by_key[key] = record
+            self._tombstones.pop(key, None)
         else:
             if record.uid and record.uid != meta.get("uid"):
                 self._by_uid.pop(record.uid, None)  # same name, new object
@@ -127,12 +139,37 @@ class RecordStore:
         record = self._by_key.pop(key, None)
         if record is not None:
             self._by_uid.pop(record.uid, None)
+            version = _version(record.body)
+            if record.uid and version is not None:
+                self._tombstones.pop(key, None)
+                self._tombstones[key] = (record.uid, version)
+                if len(self._tombstones) > MAX_TOMBSTONES:
+                    del self._tombstones[next(iter(self._tombstones))]  # the oldest
         return record
+
+    def outdated(self, body: Mapping[str, Any]) -> bool:
+        """A watch event of a VM whose record left at this or a later version: what it says is older."""
+        meta = body.get("metadata") or {}
+        key: Key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        tombstone = self._tombstones.get(key)
+        if tombstone is None or key in self._by_key:
+            return False
+        version = _version(body)
+        return tombstone[0] == meta.get("uid") and version is not None and version <= tombstone[1]
+
+    def forget(self, key: Key) -> None:
+        """The watch delivered the VM's DELETED: nothing older can follow on that stream."""
+        self._tombstones.pop(key, None)
+
+
+def _version(body: Mapping[str, Any]) -> int | None:
+    try:
+        return int(body["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _newer_or_equal(new: dict[str, Any], old: dict[str, Any]) -> bool:
     """Never let a stale watch event overwrite a body our own patch already returned."""
-    try:
-        return int(new["metadata"]["resourceVersion"]) >= int(old["metadata"]["resourceVersion"])
-    except (KeyError, TypeError, ValueError):
-        return True
+    new_version, old_version = _version(new), _version(old)
+    return new_version is None or old_version is None or new_version >= old_version

@@ -9,6 +9,7 @@ from pathlib import Path
 import libvirt
 
 from libvirt_operator.hypervisor.domain_xml import parse_owner
+from testbed.polling import wait_for
 
 QEMU_URI = "qemu:///system"
 
@@ -20,6 +21,31 @@ def libvirtd_answers(uri: str = QEMU_URI) -> bool:
         return False
     conn.close()
     return True
+
+
+def live_libvirtd_pids() -> list[int]:
+    """The system libvirtd's processes that still run (a stopped one lingers as a zombie until reaped)."""
+    pids = []
+    for pid in subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True, text=True).stdout.split():
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            pids.append(int(pid))
+    return pids
+
+
+def ensure_libvirtd(timeout: float = 120.0) -> None:
+    """The system libvirtd answers again: started once the stopped one has exited (a SIGTERMed libvirtd
+    takes a while with guests running; a second one started meanwhile fails on its pid file and exits)."""
+    def up() -> bool:
+        if libvirtd_answers():
+            return True
+        if not live_libvirtd_pids():
+            subprocess.run(["libvirtd", "-d"], capture_output=True, timeout=60)
+        return False
+    wait_for(up, timeout=timeout, interval=0.2, what="libvirtd to answer again")
 
 
 class Host:

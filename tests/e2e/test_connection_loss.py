@@ -13,6 +13,7 @@ import libvirt
 from libvirt_operator.api.constants import NODE_CONDITION_TYPE, NODE_SCHEDULABLE_LABEL
 from libvirt_operator.local import node_manifest
 from testbed.control_plane import ControlPlane
+from testbed.hosts import ensure_libvirtd
 from tests.e2e.harness import Cluster, Host, poll, unique, vm_manifest
 
 
@@ -47,8 +48,7 @@ def _restart_libvirtd_after(action: Any) -> None:
     try:
         action()
     finally:
-        if subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True).returncode != 0:
-            subprocess.run(["libvirtd", "-d"], check=True)
+        ensure_libvirtd()
 
 
 def test_libvirtd_restart_marks_the_node_then_resyncs_without_losing_a_vm(cluster: Cluster, host: Host,
@@ -70,7 +70,7 @@ def test_libvirtd_restart_marks_the_node_then_resyncs_without_losing_a_vm(cluste
         poll(lambda: _vm_connected(cluster, name) == "False", timeout=30, what="HypervisorConnected=False")
         assert cluster.status(name)["phase"] != "Failed"
         # While libvirtd is down the guest changes: it is paused (libvirtd reconnects to QEMU when back).
-        subprocess.run(["libvirtd", "-d"], check=True)
+        ensure_libvirtd()
 
     _restart_libvirtd_after(outage)
     poll(lambda: _condition(_node(cluster, node_name)) == "True", timeout=90, what="LibvirtReady=True again")
@@ -94,7 +94,7 @@ def test_an_administrators_own_unschedulable_label_is_never_overridden(cluster: 
     def outage() -> None:
         os.kill(_libvirtd_pid(), signal.SIGTERM)
         poll(lambda: _condition(_node(cluster, node_name)) == "False", timeout=60, what="LibvirtReady=False")
-        subprocess.run(["libvirtd", "-d"], check=True)
+        ensure_libvirtd()
 
     _restart_libvirtd_after(outage)
     poll(lambda: _condition(_node(cluster, node_name)) == "True", timeout=90, what="LibvirtReady=True again")

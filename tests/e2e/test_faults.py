@@ -28,12 +28,12 @@ import pytest
 
 from kube_emulator import KubeEmulator
 from libvirt_operator.api.constants import CRD_PATH, FINALIZER, GROUP, PLURAL, RETRY_ANNOTATION, VERSION
+from testbed.hosts import ensure_libvirtd, live_libvirtd_pids
 from tests.conftest import wait_for as poll
 from tests.e2e.harness import (
     Cluster,
     Host,
     OperatorProcess,
-    libvirtd_answers,
     unique,
     vm_manifest,
 )
@@ -122,43 +122,19 @@ def _assert_all_gone(cluster: Cluster, host: Host, storage: Path, names: list[st
 # --- libvirtd killed or stalled -----------------------------------------------------------------------------
 
 
-def _live_libvirtd_pids() -> list[int]:
-    """libvirtd processes that still run (a killed one lingers as a zombie until init reaps it)."""
-    pids = []
-    for pid in subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True, text=True).stdout.split():
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state not in ("Z", "X"):
-            pids.append(int(pid))
-    return pids
-
-
-def _ensure_libvirtd() -> None:
-    """Start libvirtd again unless it answers; keeps trying until it does (other tests share it)."""
-    def up() -> bool:
-        if libvirtd_answers():
-            return True
-        if not _live_libvirtd_pids():
-            subprocess.run(["libvirtd", "-d"], capture_output=True, timeout=60)
-        return False
-    poll(up, timeout=120, interval=0.2, what="libvirtd to answer again")
-
-
 @contextmanager
 def _libvirtd_outage(operator: OperatorProcess, host: Host) -> Iterator[Callable[[], None]]:
     """Yields `kill`: SIGKILL libvirtd and wait until the operator has noticed. libvirtd is always
     started again on the way out, as fast as possible (other tests may share it)."""
     def kill() -> None:
-        for pid in _live_libvirtd_pids():
+        for pid in live_libvirtd_pids():
             os.kill(pid, signal.SIGKILL)
         poll(lambda: _metric(operator, "libvirt_operator_libvirt_connected") == 0, timeout=30, interval=0.05,
              what="the operator to notice libvirtd is gone")
     try:
         yield kill
     finally:
-        _ensure_libvirtd()
+        ensure_libvirtd()
         host.reconnect()  # the session's connection died with the daemon
 
 
@@ -201,7 +177,7 @@ def test_libvirtd_killed_while_vms_are_deleted_the_deletion_completes(
 @contextmanager
 def _libvirtd_paused() -> Iterator[None]:
     """libvirtd stops answering (SIGSTOP) for a moment, well within the operator's keepalive limit."""
-    pids = _live_libvirtd_pids()
+    pids = live_libvirtd_pids()
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     try:

@@ -1,9 +1,10 @@
-"""The first hour of a new user (issue 17), on real libvirt + QEMU through the API emulator."""
+"""The first hour of a new user (issue 17), on real libvirt + QEMU through the API server."""
 
 from __future__ import annotations
 
 import json
 import platform
+import socket
 import subprocess
 import time
 import uuid
@@ -150,3 +151,28 @@ def test_a_vm_on_a_bridge_that_is_down_ends_failed_naming_the_field(
     # No domain, so the status names none and `kubectl get -o wide` shows no DOMAIN.
     assert not {"domainName", "domainUUID", "powerState"} & status.keys(), status
     assert f"default_{name}" not in cluster.kubectl("get", "lvm", name, "-o", "wide")
+
+
+def test_a_host_port_already_taken_is_named_in_the_status_and_the_vm_starts_once_it_is_free(
+        cluster: Cluster, host: Host, make_operator: Any, node_name: str) -> None:
+    """Two VMs forwarding one host port, or a process listening on it: QEMU cannot bind it. The start is
+    retried (the port can free up) and the status names the forward meanwhile; freed, the VM runs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    try:
+        make_operator(node_name)
+        name = unique("busyport")
+        cluster.apply(vm_manifest(name, node_name, interfaces=[
+            {"name": "net0", "user": {"portForwards": [{"port": 22, "hostPort": port}]}}]))
+        status = cluster.wait_phase(name, "Starting", timeout=60, reason="StartFailed")
+        assert status["message"].startswith(
+            f"spec.interfaces[0].user.portForwards[0].hostPort: host port {port}/TCP of 127.0.0.1 is already in "
+            f"use on node {node_name}"), status["message"]
+    finally:
+        listener.close()
+    status = cluster.wait_phase(name, "Running", timeout=60)  # the next retry (backoff at most 10 s) binds it
+    assert not status.get("restarts")
+    cluster.kubectl("delete", "lvm", name, "--timeout=60s")
+    assert host.domain(status["domainUUID"]) is None

@@ -9,7 +9,7 @@ import libvirt
 import pytest
 
 from libvirt_operator.api.spec import parse_spec
-from libvirt_operator.handlers.vm import start_failure_message
+from libvirt_operator.handlers.vm import retried_start_message, start_failure_message
 from libvirt_operator.hypervisor.bridges import IFF_UP, BridgeState, bridge_problem, read_bridge
 from libvirt_operator.hypervisor.connection import START_ERRORS, Retry, start_retry, translate
 from libvirt_operator.hypervisor.domain_xml import field_named_by
@@ -163,3 +163,25 @@ def test_bridge_state_is_read_from_sysfs(tmp_path: Path) -> None:
     assert read_bridge("br1", tmp_path) == BridgeState(exists=True, is_bridge=True, up=False)
     assert read_bridge("eth0", tmp_path) == BridgeState(exists=True, is_bridge=False, up=True)
     assert read_bridge("nope", tmp_path) == BridgeState(exists=False, is_bridge=False, up=False)
+
+
+# What libvirtd 9.0 with QEMU 7.2 answered here when a user-mode forward's host port was already bound.
+HOST_PORT_BUSY = ("internal error: process exited while connecting to monitor: 2026-12-01T16:16:39.423128Z "
+                  "qemu-system-x86_64: -netdev user,id=lvouser0,restrict=on,hostfwd=tcp:127.0.0.1:43199-:22: "
+                  "Could not set up host forwarding rule 'tcp:127.0.0.1:43199-:22'")
+FORWARDING = parse_spec({
+    "nodeName": "n1", "memory": "64Mi",
+    "interfaces": [{"name": "lan", "network": "default"},
+                   {"name": "user", "user": {"portForwards": [{"port": 80, "hostPort": 8080},
+                                                              {"port": 22, "hostPort": 43199}]}}],
+})
+
+
+def test_a_taken_host_port_is_retried_and_its_message_names_the_forward_and_the_node() -> None:
+    assert start_retry(libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_FROM_QEMU) == Retry.TRANSIENT  # may free up
+    message = retried_start_message(HOST_PORT_BUSY, FORWARDING, "n1")
+    assert message.startswith("spec.interfaces[1].user.portForwards[1].hostPort: host port 43199/TCP of "
+                              "127.0.0.1 is already in use on node n1"), message
+    other = HOST_PORT_BUSY.replace("43199", "5000")  # a port this spec does not forward: QEMU's own words
+    assert retried_start_message(other, FORWARDING, "n1") == other
+    assert retried_start_message(QEMU_DIED[2], FORWARDING, "n1") == QEMU_DIED[2]

@@ -35,7 +35,7 @@ from libvirt_operator.context import VMParts
 from libvirt_operator.hypervisor import domains, guest, hardware, image_import, seed
 from libvirt_operator.hypervisor.bridges import bridge_problem, read_bridge
 from libvirt_operator.hypervisor.connection import HypervisorError, HypervisorUnavailable, Retry, start_retry
-from libvirt_operator.hypervisor.domain_xml import Owner, build_domain_xml, field_named_by
+from libvirt_operator.hypervisor.domain_xml import Owner, build_domain_xml, busy_host_port, field_named_by
 from libvirt_operator.hypervisor.seed import SeedData, SeedError
 from libvirt_operator.hypervisor.storage import StorageError
 from libvirt_operator.kube.client import KubeError
@@ -100,6 +100,16 @@ def start_failure_message(detail: str, field: str | None, node: str) -> str:
     if field is not None:
         return f"{field}: {detail} on node {node}"
     return f"libvirt refused to start the domain on node {node}: {detail}"
+
+
+def retried_start_message(detail: str, spec: VMSpec, node: str) -> str:
+    """Pure: the status message of a start that is retried; a taken host port is named as its field (the
+    start succeeds once the port is free: the other VM stopped, or its forward changed)."""
+    busy = busy_host_port(detail, spec)
+    if busy is None:
+        return detail
+    return (f"{busy.field}: host port {busy.host_port}/{busy.protocol} of 127.0.0.1 is already in use on node "
+            f"{node} (another VM forwards it, or a process listens on it); the start is retried until it is free")
 
 
 class Reconciler:
@@ -440,7 +450,9 @@ class Reconciler:
                                                                          self.parts.settings.node_name), dom)
             return
         await self._write_status(rec, {"phase": Phase.STARTING.value, "reason": "StartFailed",
-                                       "message": str(exc), **_domain_fields(dom)})
+                                       "message": retried_start_message(str(exc), spec,
+                                                                        self.parts.settings.node_name),
+                                       **_domain_fields(dom)})
         raise exc
 
     def _disk_files(self, rec: VMRecord, spec: VMSpec) -> dict[str, list[str]]:

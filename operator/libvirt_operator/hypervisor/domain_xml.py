@@ -352,6 +352,31 @@ def owned_disk_paths(xml: str) -> list[Path]:
 _QUOTED = re.compile(r"'([^']{1,4096})'")
 
 
+# QEMU's answer when a user-mode forward's host port is taken (by another VM's forward or any process).
+_HOSTFWD_BUSY = re.compile(r"Could not set up host forwarding rule '(tcp|udp):127\.0\.0\.1:(\d+)-:(\d+)'")
+
+
+@dataclass(frozen=True)
+class BusyHostPort:
+    field: str  # spec.interfaces[i].user.portForwards[j].hostPort
+    protocol: str
+    host_port: int
+
+
+def busy_host_port(text: str, spec: VMSpec) -> BusyHostPort | None:
+    """Pure: the forward of ``spec`` whose host port QEMU could not bind, from its start error."""
+    match = _HOSTFWD_BUSY.search(text)
+    if match is None:
+        return None
+    protocol, host_port = match.group(1).upper(), int(match.group(2))
+    for index, nic in enumerate(spec.interfaces):
+        for forward_index, forward in enumerate(nic.port_forwards):
+            if forward.protocol.upper() == protocol and forward.host_port == host_port:
+                return BusyHostPort(f"spec.interfaces[{index}].user.portForwards[{forward_index}].hostPort",
+                                    protocol, host_port)
+    return None
+
+
 def field_named_by(text: str, spec: VMSpec, disk_files: Mapping[str, Sequence[str]] | None = None) -> str | None:
     """Pure: the spec field a libvirt message is about, by the names it quotes ("network 'default' is not
     active", "Cannot get interface MTU on 'br0'", "Cannot access storage file '/…/root.qcow2'"); None when

@@ -29,7 +29,7 @@ from libvirt_operator.handlers.host import HostReconciler
 from libvirt_operator.handlers.migration import MigrationController, MigrationParts
 from libvirt_operator.handlers.node import NodeReporter, quality_warnings, read_host_info
 from libvirt_operator.handlers.vm import Reconciler
-from libvirt_operator.hypervisor import domains
+from libvirt_operator.hypervisor import domains, image_import
 from libvirt_operator.hypervisor.connection import AgentEvent, Connection, HypervisorError, LifecycleEvent
 from libvirt_operator.hypervisor.storage import Storage
 from libvirt_operator.kube.client import KubeClient, KubeError
@@ -475,6 +475,18 @@ class Runtime:
                 await self.full_sync()
             except HypervisorError as exc:
                 logger.warning("full sync failed: %s", exc)
+            await self._clean_image_cache()
+
+    async def _clean_image_cache(self) -> None:
+        try:
+            removed = await asyncio.to_thread(image_import.remove_unused, self.settings.storage_dir,
+                                              self.settings.image_cache_ttl)
+        except OSError as exc:
+            logger.warning("could not clean the image cache: %s", exc)
+            return
+        for sha256 in removed:
+            logger.info("removed the cached image %s: no disk has used it for %.0f s (--image-cache-ttl)", sha256,
+                        self.settings.image_cache_ttl)
 
     # --- reconciliation --------------------------------------------------------------------------------
 

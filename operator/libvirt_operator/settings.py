@@ -56,6 +56,7 @@ class Settings:
     lease: bool = True
     lease_duration: float = 15.0
     migration_uri: str = ""  # "": this node receives no live migrations
+    image_cache_ttl: float = 86400.0  # 0: cached URL images are never removed
     migration_bandwidth: int = 0  # MiB/s a live migration from this node may use; 0: no limit
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -102,6 +103,8 @@ _OPTIONS: list[tuple[str, str, str, str, str]] = [
      "e.g. qemu+tls://<host>/system), published on the Node; none: this node receives no migrations"),
     ("--migration-bandwidth", "MIGRATION_BANDWIDTH", "migration_bandwidth", "int",
      "MiB/s a live migration from this node may use (libvirt's migration bandwidth; 0: no limit)"),
+    ("--image-cache-ttl", "IMAGE_CACHE_TTL", "image_cache_ttl", "float",
+     "seconds a base image downloaded from a URL stays cached once no disk uses it (0: kept for ever)"),
     ("--log-level", "LOG_LEVEL", "log_level", "str", "DEBUG, INFO, WARNING or ERROR"),
 ]
 

@@ -8,8 +8,10 @@ import asyncio
 import hashlib
 import http.server
 import json
+import os
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,14 @@ from typing import Any
 import pytest
 
 from libvirt_operator.handlers.vm import _download_message
-from libvirt_operator.hypervisor.image_import import ImageImportError, cached_path, fetch
+from libvirt_operator.hypervisor.image_import import (
+    ImageImportError,
+    cached_path,
+    fetch,
+    qcow2_backing_file,
+    remove_unused,
+    unused_images,
+)
 from testbed.polling import until
 from tests.unit import test_event_pipeline
 from tests.unit.test_event_pipeline import Env
@@ -135,3 +144,30 @@ def test_the_download_progress_message_names_the_disk_and_the_share_done() -> No
         "spec.disks[0]: downloading http://h/x: 1.0 MiB of 4.0 MiB (25%)")
     assert _download_message("spec.disks[0]", "http://h/x", {"done": 0, "total": None}) == (
         "spec.disks[0]: downloading http://h/x: 0.0 MiB")
+
+
+def test_an_unused_cached_image_goes_after_the_ttl_one_a_disk_uses_or_just_touched_stays(tmp_path: Path) -> None:
+    storage = tmp_path / "disks"
+    cache = storage / ".images"
+    cache.mkdir(parents=True)
+    used_sha, unused_sha, fresh_sha = "a" * 64, "b" * 64, "c" * 64
+    for sha in (used_sha, unused_sha, fresh_sha):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(cache / sha), "1M"], check=True)
+    vm_dir = storage / "some-uid"
+    vm_dir.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(cache / used_sha),
+                    str(vm_dir / "root.qcow2")], check=True)  # as Storage._create_disk makes an overlay
+    assert qcow2_backing_file(vm_dir / "root.qcow2") == str(cache / used_sha)
+    assert qcow2_backing_file(cache / used_sha) is None
+    old = time.time() - 7200
+    for sha in (used_sha, unused_sha, fresh_sha):
+        os.utime(cache / sha, (old, old))
+    os.utime(cache / fresh_sha)  # provisioned from a moment ago (fetch touches it)
+    assert remove_unused(storage, ttl=3600) == [unused_sha]
+    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == [used_sha, fresh_sha]
+    assert remove_unused(storage, ttl=0) == []  # 0: kept for ever
+
+
+def test_unused_images_is_a_pure_choice_by_use_and_age() -> None:
+    cached = {"/c/a": 100.0, "/c/b": 100.0, "/c/c": 990.0}
+    assert unused_images(cached, {"/c/a"}, now=1000.0, ttl=60.0) == ["/c/b"]

@@ -5,6 +5,11 @@ checksum the spec gives, so a file under its final name has been verified (it is
 the SHA-256 matched) and every VM naming the same checksum shares it. A download goes to a hidden
 temporary file first, is bounded in size, and follows redirects to http(s) only. Two VMs asking at once
 download once (an flock on the cache entry's lock file).
+
+Cached images no disk uses any more are removed once unused for ``--image-cache-ttl`` seconds
+(``remove_unused``, from the periodic full sync): a disk's backing file, read from its qcow2 header, is
+what uses one, whichever VM or node the disk belongs to (shared storage). A cached file is touched each
+time a VM is provisioned from it, and removed under its lock, so a VM about to use it keeps it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import fcntl
 import hashlib
 import os
 import secrets
+import struct
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -71,12 +78,11 @@ def fetch(url: str, sha256: str, storage_dir: Path, *, field: str, max_bytes: in
     spec path (spec.disks[i]); messages name its ``.image`` or ``.sha256``."""
     sha256 = sha256.lower()
     final = cached_path(storage_dir, sha256)
-    if final.is_file() and not final.is_symlink():
-        return final
     final.parent.mkdir(parents=True, exist_ok=True)
     with _locked(final.parent / f".{sha256}.lock"):
         if final.is_file() and not final.is_symlink():
-            return final  # another VM's download finished meanwhile
+            os.utime(final)  # in use again: the unused-image clean-up counts from now
+            return final  # cached (or another VM's download finished meanwhile)
         temp = final.parent / f".{sha256}.{secrets.token_hex(4)}.tmp"
         try:
             digest = _download(url, temp, field=field, max_bytes=max_bytes, progress=progress)
@@ -119,3 +125,55 @@ def _download(url: str, temp: Path, *, field: str, max_bytes: int, progress: Pro
     except (OSError, ValueError) as exc:  # timeouts, resets, a malformed answer
         raise ImageImportError(where, f"downloading {url}: {exc}") from None
     return h.hexdigest()
+
+
+_QCOW2_MAGIC = b"QFI\xfb"
+
+
+def qcow2_backing_file(path: Path) -> str | None:
+    """The backing file a qcow2 image's header names (None: none, or not a qcow2 file)."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(20)
+            if len(header) < 20 or header[:4] != _QCOW2_MAGIC:
+                return None
+            offset, size = struct.unpack(">QI", header[8:20])
+            if not offset or not 0 < size <= 4096:
+                return None
+            handle.seek(offset)
+            return handle.read(size).decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def unused_images(cached: dict[str, float], used: set[str], *, now: float, ttl: float) -> list[str]:
+    """Pure: the cached files (path -> mtime) no disk uses and unused for longer than ``ttl`` seconds."""
+    return sorted(path for path, mtime in cached.items() if path not in used and now - mtime > ttl)
+
+
+def remove_unused(storage_dir: Path, ttl: float) -> list[str]:
+    """Blocking: remove cached images no disk under ``storage_dir`` uses; returns their checksums."""
+    cache = Path(storage_dir) / CACHE_DIR
+    if ttl <= 0 or not cache.is_dir():
+        return []
+    cached = {str(p): p.stat().st_mtime for p in cache.iterdir()
+              if p.is_file() and not p.is_symlink() and not p.name.startswith(".")}
+    if not cached:
+        return []
+    used = set()
+    for disk in Path(storage_dir).glob("*/*.qcow2"):
+        backing = qcow2_backing_file(disk)
+        if backing is not None:
+            used.add(str(Path(backing) if Path(backing).is_absolute() else disk.parent / backing))
+    removed = []
+    for path in unused_images(cached, used, now=time.time(), ttl=ttl):
+        name = Path(path).name
+        with _locked(cache / f".{name}.lock"):
+            try:  # again under the lock: a VM provisioned meanwhile touched it
+                if time.time() - os.stat(path).st_mtime <= ttl:
+                    continue
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+        removed.append(name)
+    return removed

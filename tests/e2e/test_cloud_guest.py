@@ -6,8 +6,9 @@ an SSH key in spec.sshAuthorizedKeys, a user-mode interface forwarding a port of
 SSH. Checked: SSH login with that key reads the file (so the seed reached cloud-init and the key was
 merged), status.interfaces / status.guestOS / AgentConnected from the guest agent, the serial console's log
 on the node holds the kernel's boot lines, the Node says which domain type and why, the restart annotation
-reboots the guest once (a new boot id, no restart counted, no stop), and runStrategy Halted stops the guest
-cleanly (guest agent, not the grace period's destroy) with Events saying so. The times (boot to SSH, reboot,
+reboots the guest once (a new boot id, no restart counted, no stop), runStrategy Halted stops the guest
+cleanly (guest agent, not the grace period's destroy) with Events saying so, a reboot inside the guest is
+no stop (not even for runStrategy Once), and a poweroff inside it is Once's end. The times (boot to SSH, reboot,
 clean shutdown) are printed.
 """
 
@@ -281,6 +282,29 @@ def _boot_log_in_and_stop(cluster: Cluster, make_operator: Any, storage: Path, i
     cluster.patch_spec(name, {"runStrategy": "Once"})
     poll(lambda: cluster.status(name).get("observedGeneration") == cluster.get(name)["metadata"]["generation"],
          timeout=30, what="runStrategy Once observed")
+
+    # A reboot inside the guest is folded by the reboot rule: no restart counted, no phase flap, and Once
+    # does not take it for the guest's end.
+    boot_id = guest_cat(key, port, "/proc/sys/kernel/random/boot_id")
+    assert boot_id
+    restarts_before = cluster.status(name).get("restarts") or 0
+    stops_before = cluster.event_reasons(name).count("GuestStopped")
+    guest_ssh(key, port, "sudo systemctl reboot")  # its answer may be the connection closing
+    asked = time.monotonic()
+    phases: set[str] = set()
+
+    def back_with_new_boot_id() -> str | None:
+        phases.add(str(cluster.status(name).get("phase")))
+        found = guest_cat(key, port, "/proc/sys/kernel/random/boot_id")
+        return found if found and found != boot_id else None
+    poll(back_with_new_boot_id, timeout=BOOT_TIMEOUT, interval=1.0, what="the guest back from its own reboot")
+    to_guest_reboot = time.monotonic() - asked
+    status = cluster.status(name)
+    assert phases == {"Running"} and status["phase"] == "Running", (phases, status)
+    assert (status.get("restarts") or 0) == restarts_before, status
+    reasons = cluster.event_reasons(name)
+    assert reasons.count("GuestStopped") == stops_before and "RestartedByPolicy" not in reasons, reasons
+
     guest_ssh(key, port, "sudo systemctl poweroff")
     status = cluster.wait_phase(name, "Stopped", timeout=SHUTDOWN_GRACE)
     cluster.patch_spec(name, {"cpu": {"cores": 2}})
@@ -291,7 +315,7 @@ def _boot_log_in_and_stop(cluster: Cluster, make_operator: Any, storage: Path, i
     assert cluster.event_reasons(name).count("RestartedByPolicy") == 0
     print(f"\ncloud guest ({domain_type}): apply to SSH {to_ssh:.1f} s, restart annotation to SSH again "
           f"{to_reboot:.1f} s, runStrategy Halted to Stopped {to_off:.1f} s ({stopped[-1]}), "
-          f"Always to SSH {to_ssh_again:.1f} s")
+          f"Always to SSH {to_ssh_again:.1f} s, reboot inside the guest to SSH {to_guest_reboot:.1f} s")
 
 
 def test_url_images_and_secret_user_data_through_the_real_api_without_booting(

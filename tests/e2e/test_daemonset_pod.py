@@ -5,6 +5,9 @@ and helm uninstall keep the guests running."""
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
 import subprocess
 import time
 import urllib.request
@@ -132,6 +135,35 @@ def user(control_plane: ControlPlane, kubectl_bin: str, tmp_path: Path) -> Itera
     cluster.close()
 
 
+def _console_in_pod(kubectl: str, plane: ControlPlane, pod: str, name: str, timeout: float = 60.0) -> str:
+    """`kubectl exec -it POD -- libvirt-operator console default/NAME` on a terminal, as the README gives it:
+    what it shows until its banner (or the deadline), then left with the escape character."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: kubectl on the pty
+        os.execvp(kubectl, [kubectl, "--kubeconfig", str(plane.admin_kubeconfig), "-n", NAMESPACE, "exec", "-it",
+                            pod, "--", "libvirt-operator", "console", f"default/{name}"])
+    seen = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while b"Connected to the console" not in seen and time.monotonic() < deadline:
+            ready, _w, _x = select.select([fd], [], [], 0.5)
+            if ready:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:
+                    break
+        os.write(fd, b"\x1d")  # Ctrl+]
+        try:
+            wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] == pid, timeout=20, interval=0.1,
+                     what="the console in the pod to end")
+        except AssertionError:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    return seen.decode(errors="replace")
+
+
 def _qemu_pid(host: Host, name: str) -> int:
     return host.qemu_pid(f"default_{name}")
 
@@ -171,6 +203,17 @@ def test_the_readme_walk_through_runs_through_the_daemonset_pod(
     user.apply(vm_manifest(name, node, memory="64Mi"))
     uid = user.wait_phase(name, "Running", timeout=120)["domainUUID"]
     assert host.state(uid) == libvirt.VIR_DOMAIN_RUNNING
+    # The console as the README's "Log into your VM" reaches it with the chart: in the node's operator pod.
+    pod = user.kubectl("-n", NAMESPACE, "get", "pod", "-l", "app.kubernetes.io/name=libvirt-operator",
+                       "--field-selector", f"spec.nodeName={node}", "-o", "name").strip()
+    assert pod.startswith("pod/"), pod
+    kept = subprocess.run([user.kubectl_bin, "--kubeconfig", str(control_plane.admin_kubeconfig), "-n", NAMESPACE,
+                           "exec", pod, "--", "libvirt-operator", "console", "--log", f"default/{name}"],
+                          capture_output=True, text=True, timeout=60)
+    assert kept.returncode == 0, kept.stderr  # the kept log is readable in the pod (a guest without an OS
+    # writes nothing to it: the content is checked on the real guest, tests/e2e/test_cloud_guest.py)
+    banner = _console_in_pod(user.kubectl_bin, control_plane, pod, name)
+    assert f"Connected to the console of default/{name}" in banner, banner
     user.patch_spec(name, {"paused": True})
     user.wait_phase(name, "Paused")
     assert host.state(uid) == libvirt.VIR_DOMAIN_PAUSED

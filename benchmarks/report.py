@@ -97,7 +97,8 @@ def summary(results: Mapping[str, float], machine: str, api: str) -> str:
 
 
 def migration_line(results: Mapping[str, float]) -> str:
-    r = {k: _fmt(v) for k, v in results.items() if k.startswith("migration")}
+    r = {"migration_operator_job_p50_s": "?", "migration_virsh_job_p50_s": "?",
+         **{k: _fmt(v) for k, v in results.items() if k.startswith("migration")}}
     return (f"  live migration of a {r['migration_guest_mib']} MiB guest ({r['migration_count']} times, back and "
             f"forth): operator p50 {r['migration_operator_p50_s']} s (libvirt's job "
             f"{r['migration_operator_job_p50_s']} s), plain virsh migrate p50 {r['migration_virsh_p50_s']} s (job "

@@ -250,8 +250,9 @@ class ApiChoice:
         return f"kube-apiserver {self.version} ({self.plane.url}{', own control plane' if self.own_cluster else ''})"
 
     @contextmanager
-    def phase(self, workdir: Path, node: str) -> Iterator[PhaseApi]:
-        """The API for one scenario, with a Node named ``node``; its VMs are gone when the block is left."""
+    def phase(self, workdir: Path, node: str, *more_nodes: str) -> Iterator[PhaseApi]:
+        """The API for one scenario, with a Node named ``node`` (and one for each of ``more_nodes``); its VMs
+        are gone when the block is left."""
         api: Api
         if self.plane is None:
             api, namespace = EmulatorApi(workdir), EMULATOR_NAMESPACE
@@ -259,18 +260,20 @@ class ApiChoice:
             api, namespace = RealApi(workdir, self.plane, proxy=False), self.plane.namespace
         api.start()
         phase = PhaseApi(api, Endpoint.from_kubeconfig(api.admin_kubeconfig), namespace, self.plane)
-        registered = False
+        registered: list[str] = []
         try:
             if self.plane is not None:
                 self.plane.purge_vms()  # what an interrupted run left behind
                 _wait_empty(phase)
-            register_node(phase.admin, node)
-            registered = True
+            for name in (node, *more_nodes):
+                register_node(phase.admin, name)
+                registered.append(name)
             yield phase
         finally:
             try:
-                if registered and self.plane is not None:  # the emulator forgets it when it stops
-                    phase.admin.call("DELETE", f"/api/v1/nodes/{node}")
+                if self.plane is not None:  # the emulator forgets them when it stops
+                    for name in registered:
+                        phase.admin.call("DELETE", f"/api/v1/nodes/{name}")
             finally:
                 api.stop()  # RealApi: purges the VMs
             if self.plane is not None:

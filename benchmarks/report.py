@@ -91,8 +91,20 @@ def summary(results: Mapping[str, float], machine: str, api: str) -> str:
         f"  start-up with {int(results['startup_reconcile_domains'])} domains "
         f"{_fmt(results['startup_reconcile_s'])} s; RSS {_fmt(results['rss_mib'])} MiB with "
         f"{int(results['rss_vms'])} VMs (empty {_fmt(results['rss_empty_mib'])} MiB)",
+        *([migration_line(results)] if "migration_over_virsh" in results else []),
     ]
     return "\n".join(lines)
+
+
+def migration_line(results: Mapping[str, float]) -> str:
+    r = {"migration_operator_job_p50_s": "?", "migration_virsh_job_p50_s": "?",
+         **{k: _fmt(v) for k, v in results.items() if k.startswith("migration")}}
+    return (f"  live migration of a {r['migration_guest_mib']} MiB guest ({r['migration_count']} times, back and "
+            f"forth): operator p50 {r['migration_operator_p50_s']} s (libvirt's job "
+            f"{r['migration_operator_job_p50_s']} s), plain virsh migrate p50 {r['migration_virsh_p50_s']} s (job "
+            f"{r['migration_virsh_job_p50_s']} s): "
+            f"{r['migration_over_virsh']}x; downtime p50 {r['migration_downtime_operator_ms']} ms vs "
+            f"{r['migration_downtime_virsh_ms']} ms")
 
 
 def _fmt(value: float) -> str:

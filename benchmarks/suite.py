@@ -5,7 +5,10 @@
    reconciliation by a second operator instance;
 3. memory.py: the operator as its own process on test:///default with many VMs, idle: its RSS;
 4. foreign.py: the same process with VMs of its node, then also many VMs of other nodes under status churn:
-   its CPU and RSS with them over without them.
+   its CPU and RSS with them over without them;
+5. migration.py: a 512 MiB guest live-migrated back and forth between two hypervisor hosts in namespaces of
+   their own, through the operator and by plain `virsh migrate` in turn (real API and root only; skipped
+   otherwise, `--migrations 0` skips it too).
 
 Every scenario talks to the API `--api` names (apis.py): the real control plane of hack/cluster.sh (started
 if it is not running; request counts from its audit log, the operator's user only), or the project's API
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import libvirt
 
-from benchmarks import creation, foreign, memory, report, scale
+from benchmarks import creation, foreign, memory, migration, report, scale
 from benchmarks.apis import KINDS, ApiChoice
 from benchmarks.common import REPO, ensure_libvirtd, percentile
 
@@ -45,12 +48,13 @@ class Sizes:
     # heartbeat, gauges every 5 s) to come round several times alike in both, and for CPU ticks of 10 ms
     # to be fine against its idle use (about 1% of a core: 0.2 s in 20 s).
     foreign_seconds: float
+    migrations: int  # live migrations each way, through the operator and by virsh alike (0: none)
     paced_interval: float = 0.005  # seconds between calls of the paced event run (200 events/s)
     churn_per_s: float = 200.0  # status changes per second on the foreign VMs
 
 
-FULL = Sizes(created=100, scale=1000, rss=1000, foreign=10000, foreign_own=100, foreign_seconds=60.0)
-QUICK = Sizes(created=10, scale=200, rss=200, foreign=1000, foreign_own=20, foreign_seconds=20.0)
+FULL = Sizes(created=100, scale=1000, rss=1000, foreign=10000, foreign_own=100, foreign_seconds=60.0, migrations=3)
+QUICK = Sizes(created=10, scale=200, rss=200, foreign=1000, foreign_own=20, foreign_seconds=20.0, migrations=1)
 SIZE_FLAGS = ("created", "scale", "rss", "foreign", "foreign_own", "foreign_seconds")
 
 
@@ -73,9 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{field}", type=int, metavar="N", help=f"override the number of {what}")
     parser.add_argument("--foreign-seconds", type=float, metavar="S",
                         help="override the length of each measured phase of the foreign run")
+    parser.add_argument("--migrations", type=int, metavar="N",
+                        help=f"live migrations each way of the migration run (default {FULL.migrations}, quick "
+                             f"{QUICK.migrations}; 0 skips it; alone: python -m benchmarks.migration)")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     sizes = replace(sizes, **{f: getattr(args, f) for f in SIZE_FLAGS if getattr(args, f)})
+    if args.migrations is not None:
+        sizes = replace(sizes, migrations=max(0, args.migrations))
     output: Path = args.output
     output.parent.mkdir(parents=True, exist_ok=True)
     # The in-process operator logs through the root logger: to a file, not over the summary.
@@ -100,17 +109,25 @@ def _run(args: argparse.Namespace, sizes: Sizes, output: Path, apis: ApiChoice) 
     load_start = os.getloadavg()[0]
     if load_start > 1.0:
         print(f"warning: load average {load_start:.1f} before the run: other work disturbs the numbers", flush=True)
-    print(f"[1/4] creation: {sizes.created} real QEMU guests, 100 ms apart", flush=True)
+    print(f"[1/5] creation: {sizes.created} real QEMU guests, 100 ms apart", flush=True)
     created = creation.run(sizes.created, apis)
-    print(f"[2/4] scale: {sizes.scale} VMs on test:///default: event burst, paced events, raw patches, restart",
+    print(f"[2/5] scale: {sizes.scale} VMs on test:///default: event burst, paced events, raw patches, restart",
           flush=True)
     scaled = scale.run(sizes.scale, apis, paced_interval=sizes.paced_interval)
-    print(f"[3/4] memory: operator process with {sizes.rss} VMs", flush=True)
+    print(f"[3/5] memory: operator process with {sizes.rss} VMs", flush=True)
     mem = memory.run(sizes.rss, apis)
-    print(f"[4/4] foreign: operator process with {sizes.foreign_own} VMs, then {sizes.foreign} of other nodes "
+    print(f"[4/5] foreign: operator process with {sizes.foreign_own} VMs, then {sizes.foreign} of other nodes "
           f"churning at {sizes.churn_per_s:.0f}/s ({sizes.foreign_seconds:.0f} s each)", flush=True)
     far = foreign.run(sizes.foreign_own, sizes.foreign, apis, interval=sizes.foreign_seconds,
                       churn_per_s=sizes.churn_per_s)
+    migrated: dict[str, float] = {}
+    skip = "--migrations 0" if sizes.migrations <= 0 else migration.unavailable(apis)
+    if skip is None:
+        print(f"[5/5] migration: a {migration.GUEST_MIB} MiB guest live-migrated {sizes.migrations}x each way "
+              "between two namespaced hosts, through the operator and by plain virsh migrate in turn", flush=True)
+        migrated = migration.results(migration.run(sizes.migrations, apis))
+    else:
+        print(f"[5/5] migration: skipped ({skip})", flush=True)
 
     burst, paced, raw = scaled.burst, scaled.paced, scaled.raw_patches
     assert paced is not None
@@ -184,6 +201,8 @@ def _run(args: argparse.Namespace, sizes: Sizes, output: Path, apis: ApiChoice) 
         "foreign_create_s": far.create_s,
         "foreign_create_operator_cpu_s": far.create_cpu_s,
         "foreign_delete_s": far.delete_s,
+        # Live migration, operator vs plain virsh (migration.py); absent when the run could not migrate.
+        **migrated,
         # Operator processes only: the in-process instances share the GIL with this driver (docs/benchmarks.md).
         "loop_lag_max_ms": max(lags["creation"], lags["memory"], lags["foreign"]) * ms,
         **{f"loop_lag_max_ms_{name}": value * ms for name, value in lags.items()},

@@ -308,3 +308,36 @@ class HypervisorHosts:
         links = _run("ip", "-o", "link", "show")
         found += [f"veth {veth}" for veth in self.veths if f" {veth}@" in links or f" {veth}:" in links]
         return found
+
+
+@contextlib.contextmanager
+def small_filesystem(host: NamespacedHost, path: Path, size_mib: int) -> Iterator[Path]:
+    """A file system of ``size_mib`` MiB (ext4 on a loop device) mounted over the directory ``path``, both in
+    the machine's mount namespace and in ``host``'s: one file system (the kernel gives the second mount of a
+    block device the first one's superblock), so that what the host's operator, outside, creates there is
+    what the host's QEMU, inside, sees, and both run out of space alike. Unmounted (both), the loop device
+    detached and its image removed when the block is left."""
+    image = Path(tempfile.mkstemp(prefix="lvo-small-fs-", suffix=".img", dir="/var/tmp")[1])
+    device = ""
+    mounted: list[str] = []
+    try:
+        with open(image, "r+b") as handle:
+            handle.truncate(size_mib * 1024 * 1024)
+        _run("mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal", str(image))
+        device = _run("losetup", "--find", "--show", str(image)).strip()
+        _run("mount", device, str(path))
+        mounted.append("machine")
+        path.chmod(0o755)
+        host.nsenter("mount", device, str(path))
+        mounted.append("host")
+        yield path
+    finally:
+        if "host" in mounted and host.pid and Path(f"/proc/{host.pid}").exists():
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                host.nsenter("umount", str(path))
+        if "machine" in mounted:
+            _run("umount", str(path))
+        if device:
+            with contextlib.suppress(RuntimeError):
+                _run("losetup", "--detach", device)
+        image.unlink(missing_ok=True)

@@ -25,7 +25,7 @@ from libvirt_operator.api.status import detail_name, event_name
 from libvirt_operator.hypervisor import event_loop
 from testbed.clients import vm_manifest as base_vm_manifest
 from testbed.control_plane import ControlPlane
-from testbed.hypervisors import HypervisorHosts, NamespacedHost
+from testbed.hypervisors import HypervisorHosts, NamespacedHost, small_filesystem
 from tests.conftest import API_KIND
 from tests.e2e.conftest import NODE_PREFIX
 from tests.e2e.harness import OPERATOR, Api, Cluster, OperatorProcess, RealApi, poll, unique
@@ -413,3 +413,60 @@ def test_the_target_libvirtd_killed_mid_migration_fails_it_and_the_guest_keeps_r
     assert (migrating["status"], migrating["reason"]) == ("False", "MigrationFailed")
     vm = cluster.get(name)
     assert vm is not None and MIGRATING_ANNOTATION not in (vm["metadata"].get("annotations") or {})
+
+
+def base_image(path: Path, mib: int) -> Path:
+    """A qcow2 base image of ``mib`` MiB of random data (every cluster allocated, nothing a copy can skip)."""
+    raw = path.with_suffix(".raw")
+    with open(raw, "wb") as handle:
+        for _ in range(mib):
+            handle.write(os.urandom(1024 * 1024))
+    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(path)], check=True,
+                   timeout=120)
+    raw.unlink()
+    return path
+
+
+@pytest.mark.parametrize("two_nodes", ["block"], indirect=True)
+def test_a_block_migration_to_a_target_without_disk_space_fails_naming_it_and_the_guest_stays_on_the_source(
+        cluster: Cluster, two_nodes: TwoNodes, work_dir: Path) -> None:
+    source, target = two_nodes.source, two_nodes.target
+    base_image(work_dir / f"images-{source.name}" / "base.qcow2", 24)  # 24 MiB of data the copy must move
+    name, migration = unique("nospace"), unique("to-b")
+    # The target's storage directory: 8 MiB, in its operator's view and its QEMU's alike.
+    with small_filesystem(target, two_nodes.storage[target.name], 8) as target_storage:
+        before = sorted(p.name for p in target_storage.iterdir())
+        cluster.apply(vm_manifest(name, source.name, disks=[{"name": "data", "image": "base.qcow2"}]))
+        status = cluster.wait_phase(name, "Running", timeout=90, nodeName=source.name)
+        uid, guest = status["domainUUID"], status["domainName"]
+        qemu = source.qemu_processes()[guest]
+        poll(lambda: all(o.readyz() == 200 for o in two_nodes.operators.values()), timeout=30, what="both ready")
+
+        cluster.apply(migration_manifest(migration, name, target.name))
+        done = poll(lambda: (get_migration(cluster, migration).get("status") or {}).get("phase")
+                    in ("Succeeded", "Failed") and get_migration(cluster, migration), timeout=120,
+                    what="the migration to end")
+        result = done["status"]
+        print(f"\nno space on the target: {result['phase']}: {result['message']}")
+        assert result["phase"] == "Failed", result
+        assert result["storage"] == "Block"
+        assert target.name in result["message"] and "space" in result["message"], result["message"]
+
+        # The guest runs on the source, in the same QEMU process; nothing of it is left on the target.
+        poll(lambda: running_guests(two_nodes, uid) == {source.name: True, target.name: None}, timeout=30,
+             what="the guest on the source only")
+        assert source.qemu_processes()[guest] == qemu
+        poll(lambda: guest not in target.qemu_processes(), timeout=30, what="no QEMU left on the target")
+        poll(lambda: sorted(p.name for p in target_storage.iterdir()) == before, timeout=30,
+             what=f"the target's storage as it was ({before})")
+
+        # The VM is released and Running on the source.
+        status = cluster.wait_phase(name, "Running", timeout=60, nodeName=source.name)
+        migrating = next(c for c in status["conditions"] if c["type"] == "Migrating")
+        assert (migrating["status"], migrating["reason"]) == ("False", "MigrationFailed")
+        assert target.name in migrating["message"]
+        vm = cluster.get(name)
+        assert vm is not None and vm["spec"]["nodeName"] == source.name
+        assert MIGRATING_ANNOTATION not in (vm["metadata"].get("annotations") or {})
+        assert "MigrationFailed" in cluster.event_reasons(migration)
+        assert "RestartedByPolicy" not in cluster.event_reasons(name)

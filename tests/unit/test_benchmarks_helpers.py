@@ -1,5 +1,5 @@
 """The benchmarks' pure helpers: CPU time from /proc, the churn's pacing, ratios, the rendered status patches,
-the burst's drain time and the summary's verdicts."""
+the burst's drain time, the summary's verdicts, and the migration run's virsh options and keys."""
 
 from __future__ import annotations
 
@@ -7,17 +7,21 @@ import json
 import os
 from typing import Any
 
+import libvirt
 import pytest
 import yaml
 from benchmarks.apis import retry_after
 from benchmarks.common import cpu_seconds, stat_cpu_ticks
 from benchmarks.events import drain_seconds
 from benchmarks.foreign import VMS_PER_NODE, churn_schedule, foreign_status, node_names, ratio
+from benchmarks.migration import MigrationResult, results, virsh_options
 from benchmarks.raw_patches import EVENT_FIELDS, encode, event_patch
-from benchmarks.report import TARGETS, Target
+from benchmarks.report import TARGETS, Target, migration_line
 from benchmarks.scale import mean_request_bytes
 
+from libvirt_operator.api.migration import StorageMode
 from libvirt_operator.api.status import event_time
+from libvirt_operator.hypervisor.migration import migration_flags
 from tests.conftest import REPO
 from tests.unit.test_crd import validate
 
@@ -153,3 +157,23 @@ def test_a_429_is_retried_after_the_servers_retry_after_within_bounds() -> None:
     assert retry_after("1") == 1.0
     assert retry_after(None) == 1.0 and retry_after("soon") == 1.0
     assert retry_after("60") == 5.0 and retry_after("0") == 0.1
+
+
+def test_virsh_migrates_with_the_flags_the_operator_passes_for_each_storage_mode() -> None:
+    assert virsh_options(migration_flags(StorageMode.SHARED)) == [
+        "--live", "--p2p", "--persistent", "--undefinesource", "--unsafe"]
+    assert virsh_options(migration_flags(StorageMode.BLOCK)) == [
+        "--live", "--p2p", "--persistent", "--undefinesource", "--copy-storage-all"]
+    with pytest.raises(ValueError, match="no virsh migrate option"):
+        virsh_options(migration_flags(StorageMode.NONE) | libvirt.VIR_MIGRATE_TLS)
+
+
+def test_the_migration_keys_are_p50s_their_ratio_and_the_downtimes() -> None:
+    keys = results(MigrationResult(512, operator_s=[1.0, 2.0, 3.0], operator_job_s=[0.5, 0.6, 0.7],
+                                   operator_downtime_ms=[40, 50, 90], virsh_s=[0.5, 1.0, 4.0],
+                                   virsh_job_s=[0.4, 0.5, 0.6], virsh_downtime_ms=[20, 30, 25]))
+    assert (keys["migration_operator_p50_s"], keys["migration_virsh_p50_s"], keys["migration_over_virsh"]) == (
+        2.0, 1.0, 2.0)
+    assert (keys["migration_downtime_operator_ms"], keys["migration_downtime_virsh_ms"]) == (50, 25)
+    assert (keys["migration_guest_mib"], keys["migration_count"], keys["migration_virsh_max_s"]) == (512, 3, 4.0)
+    assert "operator p50 2 s" in migration_line(keys) and "2x" in migration_line(keys)

@@ -32,18 +32,23 @@ from libvirt_operator.hypervisor.domain_xml import Owner, build_domain_xml, owne
 from libvirt_operator.hypervisor.migration import (
     BASE_FLAGS,
     MigrationXMLError,
+    create_target_disks,
     migration_flags,
     owned_disks,
     retarget_xml,
 )
+from libvirt_operator.hypervisor.storage import Storage, StorageError
 from libvirt_operator.pipeline.migration_policy import (
     Role,
     SourceStep,
     TargetStep,
     handover_ops,
     is_migration_event,
+    is_no_space,
+    job_failure,
     job_fields,
     lock_ops,
+    prepare_failure,
     refusal,
     role,
     source_step,
@@ -236,6 +241,53 @@ def test_job_fields_take_what_libvirt_reports_and_nothing_else() -> None:
     assert "downtimeMs" not in job_fields(stats)
     assert job_fields({}) == {}
     assert job_fields({"downtime": -1, "data_total": True}, completed=True) == {}
+
+
+LIBVIRT_NO_SPACE = "migrate: operation failed: migration of disk vda failed: No space left on device"
+
+
+def test_a_block_migration_without_space_on_the_target_says_so_naming_the_target_and_where_the_guest_stays() -> None:
+    # libvirtd 9.0's words when the target's file system filled up during the copy (tests/e2e/test_migration.py).
+    message = job_failure(LIBVIRT_NO_SPACE, source="node-a", target="node-b", storage=StorageMode.BLOCK)
+    assert message.startswith("node node-b has no space left for the disks of the block migration")
+    assert LIBVIRT_NO_SPACE in message and message.endswith("the guest stays on node node-a")
+    assert all(is_no_space(e) for e in ("write: Disk quota exceeded", "error -28 (ENOSPC)", LIBVIRT_NO_SPACE.upper()))
+    assert not is_no_space("client socket is closed")
+
+
+def test_other_job_failures_name_the_target_and_libvirts_words_and_an_abort_says_it_was_deleted() -> None:
+    other = job_failure("migrate: client socket is closed", source="node-a", target="node-b",
+                        storage=StorageMode.BLOCK)
+    assert other == ("the live migration to node node-b failed, libvirt: migrate: client socket is closed; the guest "
+                     "stays on node node-a")
+    # Memory only: a "no space" from elsewhere is not the target's disks.
+    assert "has no space" not in job_failure(LIBVIRT_NO_SPACE, source="a", target="b", storage=StorageMode.SHARED)
+    aborted = job_failure("operation aborted", source="node-a", target="node-b", storage=StorageMode.BLOCK,
+                          aborted=True)
+    assert "aborted (the migration was deleted)" in aborted and aborted.endswith("stays on node node-a")
+
+
+def test_a_target_that_cannot_create_the_disks_says_why_naming_itself() -> None:
+    assert prepare_failure("cannot create /d/x/data.qcow2 for the migration: No space left on device",
+                           target="node-b").startswith("node node-b has no space left to create the disks")
+    assert prepare_failure("disk 'x' (0 bytes) cannot be created for a migration", target="node-b") == (
+        "node node-b cannot create the disks for the block migration: disk 'x' (0 bytes) cannot be created for a "
+        "migration")
+
+
+def test_target_disks_that_cannot_all_be_created_leave_nothing_behind(tmp_path: Path) -> None:
+    storage = Storage(tmp_path / "images", tmp_path / "disks")
+    uid = str(uuid.uuid4())
+    with pytest.raises(StorageError):  # "a" is made, then "b" is refused: the directory goes with "a"
+        create_target_disks(storage, uid, {"a": 1 << 20, "b": 0})
+    assert list((tmp_path / "disks").iterdir()) == []
+    # A directory that was there (a retry) stays; only what this call made goes.
+    storage.vm_dir(uid).mkdir()
+    (storage.vm_dir(uid) / "kept").write_text("")
+    with pytest.raises(StorageError):
+        create_target_disks(storage, uid, {"a": 1 << 20, "b": 0})
+    assert [p.name for p in storage.vm_dir(uid).iterdir()] == ["kept"]
+    assert create_target_disks(storage, uid, {"a": 1 << 20}) == {"a": str(storage.disk_path(uid, "a"))}
 
 
 # --- lock and hand-over ---------------------------------------------------------------------------------------

@@ -50,8 +50,10 @@ from libvirt_operator.pipeline.migration_policy import (
     SourceStep,
     TargetStep,
     handover_ops,
+    job_failure,
     job_fields,
     lock_ops,
+    prepare_failure,
     refusal,
     role,
     source_step,
@@ -341,9 +343,9 @@ class MigrationController:
                 logger.warning("migration %s/%s: lost libvirt while migrating (%s); will look again", *key, exc)
                 return
             except HypervisorError as exc:
-                why = "aborted (the migration was deleted)" if job.aborted else f"libvirt: {exc}"
-                await self._failed_job(key, spec, uid, f"the live migration failed, {why}; the guest stays on "
-                                       f"node {self.node}", aborted=job.aborted)
+                await self._failed_job(key, spec, uid, job_failure(str(exc), source=self.node,
+                                                                   target=spec.target_node, storage=mode,
+                                                                   aborted=job.aborted), aborted=job.aborted)
                 return
             completed = finished or await self._completed_stats(uid)
             await self._hand_over(key, spec, uid, mode, {**job.last, **completed}, time.monotonic() - began)
@@ -502,7 +504,7 @@ class MigrationController:
                 try:
                     files = await asyncio.to_thread(hv.create_target_disks, self.parts.storage, uid, sizes)
                 except (StorageError, OSError) as exc:
-                    message = f"node {self.node} cannot create the disks for the block migration: {exc}"
+                    message = prepare_failure(str(exc), target=self.node)
                     await self._patch(key, {"phase": MigrationPhase.FAILED.value, "endTime": now_iso(),
                                             "message": message})
                     await self.parts.post_event(body, "Warning", "MigrationFailed", message)

@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import subprocess
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import libvirt
@@ -234,23 +236,40 @@ def disk_sizes(conn: libvirt.virConnect, uid: str) -> dict[str, int]:
 def create_target_disks(storage: Storage, uid: str, sizes: Mapping[str, int]) -> dict[str, str]:
     """Blocking: empty qcow2 files of the given virtual sizes under this node's storage directory, that a
     block migration then fills (libvirt needs them to exist on the target first). Idempotent: a disk file
-    already there is kept (a retry after a restart). Returns disk name -> file."""
+    already there is kept (a retry after a restart). Returns disk name -> file.
+
+    On failure (no space, say) what this call made is removed again, the directory too when it made it:
+    a refused migration leaves nothing on the target."""
     vm_dir = storage.vm_dir(uid)
-    vm_dir.mkdir(exist_ok=True)
+    try:
+        vm_dir.mkdir()
+        made_dir = True
+    except FileExistsError:
+        made_dir = False
     made: dict[str, str] = {}
-    for name, size in sorted(sizes.items()):
-        if not FILE_NAME.fullmatch(name) or size <= 0:
-            raise StorageError(None, f"disk {name!r} ({size} bytes) cannot be created for a migration")
-        final = storage.disk_path(uid, name)
-        if not final.exists():
-            temp = final.with_name(f".{final.name}.migration.tmp")
-            done = subprocess.run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(temp), str(size)],
-                                  capture_output=True, text=True, timeout=120, check=False,
-                                  stdin=subprocess.DEVNULL, env=dict(os.environ, LC_ALL="C"))
-            if done.returncode != 0:
-                temp.unlink(missing_ok=True)
-                raise StorageError(None, f"cannot create {final} for the migration: "
-                                         f"{(done.stderr or done.stdout).strip()[-500:]}")
-            os.replace(temp, final)
-        made[name] = str(final)
+    created: list[Path] = []
+    try:
+        for name, size in sorted(sizes.items()):
+            if not FILE_NAME.fullmatch(name) or size <= 0:
+                raise StorageError(None, f"disk {name!r} ({size} bytes) cannot be created for a migration")
+            final = storage.disk_path(uid, name)
+            if not final.exists():
+                temp = final.with_name(f".{final.name}.migration.tmp")
+                done = subprocess.run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(temp), str(size)],
+                                      capture_output=True, text=True, timeout=120, check=False,
+                                      stdin=subprocess.DEVNULL, env=dict(os.environ, LC_ALL="C"))
+                if done.returncode != 0:
+                    temp.unlink(missing_ok=True)
+                    raise StorageError(None, f"cannot create {final} for the migration: "
+                                             f"{(done.stderr or done.stdout).strip()[-500:]}")
+                os.replace(temp, final)
+                created.append(final)
+            made[name] = str(final)
+    except BaseException:
+        if made_dir:
+            shutil.rmtree(vm_dir, ignore_errors=True)
+        else:
+            for path in created:
+                path.unlink(missing_ok=True)
+        raise
     return made

@@ -6,6 +6,8 @@
 - ``storage_mode``: shared storage (memory only) or block migration (disks created on the target first);
 - ``is_migration_event``: libvirt's lifecycle events of a migration, which are never a crash or a stop;
 - ``job_fields``: libvirt's job statistics as the migration's ``status.job``;
+- ``job_failure`` / ``prepare_failure``: the message of a migration libvirt's job, or the target's preparation,
+  failed, saying what the cause means (a target without disk space is named as such);
 - ``lock_ops`` / ``handover_ops`` / ``unlock_ops``: the JSON patches of the one-migration-per-VM lock (the
   VM's ``migrating`` annotation names the migration) and of the hand-over, each guarded by a ``test``.
 """
@@ -163,6 +165,37 @@ def job_fields(stats: Mapping[str, Any], *, completed: bool = False) -> dict[str
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             job[field] = value
     return job
+
+
+# How "no space" reads in libvirt's and QEMU's errors (strerror of ENOSPC and EDQUOT, and the errno's name).
+NO_SPACE_WORDS = ("no space left on device", "enospc", "disk quota exceeded", "edquot")
+
+
+def is_no_space(error: str) -> bool:
+    """Pure: whether an error's text says a file system (or a quota) had no room left."""
+    text = error.lower()
+    return any(words in text for words in NO_SPACE_WORDS)
+
+
+def job_failure(error: str, *, source: str, target: str, storage: StorageMode, aborted: bool = False) -> str:
+    """Pure: the message of a migration whose libvirt job failed (``error``: libvirt's words) or was aborted.
+    The guest stayed on ``source`` (libvirt resumes it there). A block migration that ran out of room on the
+    target says so and names the target: its disks are what the copy writes there."""
+    stays = f"the guest stays on node {source}"
+    if aborted:
+        return f"the live migration to node {target} was aborted (the migration was deleted); {stays}"
+    if storage == StorageMode.BLOCK and is_no_space(error):
+        return (f"node {target} has no space left for the disks of the block migration (libvirt: {error}); "
+                f"{stays}")
+    return f"the live migration to node {target} failed, libvirt: {error}; {stays}"
+
+
+def prepare_failure(error: str, *, target: str) -> str:
+    """Pure: the message of a block migration whose target (``target``, this node) could not create the empty
+    disks the copy fills."""
+    if is_no_space(error):
+        return f"node {target} has no space left to create the disks for the block migration: {error}"
+    return f"node {target} cannot create the disks for the block migration: {error}"
 
 
 def _pointer(key: str) -> str:

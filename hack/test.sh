@@ -42,19 +42,69 @@ if [ "${LVO_API:-real}" = real ]; then
 fi
 
 # Default to the whole suite unless a test path was given.
-paths=(tests)
-for arg in "$@"; do
-    case "$arg" in -*) continue ;; esac
-    if [ -e "${arg%%::*}" ]; then paths=(); break; fi
-done
+pytest_rc() {  # pytest_rc RC: pytest's exit code, with "no tests collected" (5) as a failure
+    if [ "$1" -eq 5 ]; then
+        echo "test.sh: pytest collected no tests (exit 5); this is a failure" >&2
+    fi
+    return "$1"
+}
 
-echo "== pytest"
-# The slowest tests in every log: what CI's time goes to (its limit: under 20 minutes with builds cached).
-.venv/bin/python -m pytest -q --durations=25 "${paths[@]}" "$@"
-rc=$?
-if [ "$rc" -eq 5 ]; then
-    # pytest's "no tests ran" is exit 5: never let an empty run pass for a green suite.
-    echo "test.sh: pytest collected no tests (exit 5); this is a failure" >&2
+if [ "$#" -gt 0 ]; then  # what the caller asked for, in one run
+    paths=(tests)
+    for arg in "$@"; do
+        case "$arg" in -*) continue ;; esac
+        if [ -e "${arg%%::*}" ]; then paths=(); break; fi
+    done
+    echo "== pytest"
+    .venv/bin/python -m pytest -q --durations=25 "${paths[@]}" "$@"
+    pytest_rc $?
+    rc=$?
+    [ "$first_failure" -ne 0 ] || first_failure=$rc
+    exit "$first_failure"
 fi
+
+# The whole suite in three lanes, the first two side by side (2 cores: the real guest's TCG boots take one):
+# - guest: the real Debian guest (tests/e2e/test_cloud_guest.py), minutes of boots;
+# - side: what never stops, restarts or floods the shared libvirtd and API server: unit, differential,
+#   emulator, Helm, the benchmark smoke run, and live migration (on its own namespaced libvirtds);
+# - then the rest of the end-to-end tests alone: they take libvirtd and the API server down and up.
+GUEST=(tests/e2e/test_cloud_guest.py)
+SIDE=(tests/unit tests/differential tests/emulator tests/helm tests/benchmarks tests/e2e/test_migration.py)
+lanes=$(mktemp -d /tmp/lvo-test-lanes.XXXXXX)
+lane() {  # lane NAME PYTEST-ARGS...: in the background, its output into $lanes/NAME.log
+    local name=$1
+    shift
+    (
+        started=$SECONDS
+        .venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 --basetemp="$lanes/$name" "$@" \
+            >"$lanes/$name.log" 2>&1
+        rc=$?
+        echo "$rc $((SECONDS - started))" >"$lanes/$name.rc"
+    ) &
+}
+report() {  # report NAME: its output, then its exit code into first_failure
+    local name=$1 rc seconds
+    read -r rc seconds <"$lanes/$name.rc"
+    echo "== pytest lane $name (${seconds} s, exit $rc)"
+    cat "$lanes/$name.log"
+    pytest_rc "$rc"
+    rc=$?
+    [ "$first_failure" -ne 0 ] || first_failure=$rc
+}
+echo "== pytest: lanes guest (${GUEST[*]}) and side (${SIDE[*]}) side by side"
+lane guest "${GUEST[@]}"
+lane side "${SIDE[@]}"
+wait
+report guest
+report side
+ignore=()
+for path in "${GUEST[@]}" "${SIDE[@]}"; do ignore+=("--ignore=$path"); done
+echo "== pytest lane rest (tests, without the two lanes above)"
+started=$SECONDS
+.venv/bin/python -m pytest -q --durations=25 tests "${ignore[@]}"
+pytest_rc $?
+rc=$?
+echo "== pytest lane rest: $((SECONDS - started)) s, exit $rc"
 [ "$first_failure" -ne 0 ] || first_failure=$rc
+rm -rf "$lanes"
 exit "$first_failure"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import shutil
 import tempfile
@@ -34,13 +35,18 @@ def host() -> Iterator[Host]:
     h = Host()
     if os.environ.get("CI"):
         # A CI machine may hold domains of an earlier, interrupted test session: start clean.
-        for uuid_, _name in h.owned_domains("e2e"):
-            h.remove(uuid_)
+        _remove_all(h, "e2e")
     yield h
     h.reconnect()
-    for uuid_, _name in h.owned_domains(NODE_PREFIX):
-        h.remove(uuid_)
+    _remove_all(h, NODE_PREFIX)
     h.close()
+
+
+def _remove_all(host: Host, node_prefix: str) -> None:
+    """The domains of nodes named ``node_prefix``..., removed side by side: at the end of a full run they are
+    dozens, and a destroy waits for its QEMU to exit (one by one they took 94 s)."""
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(host.remove, [uuid_ for uuid_, _name in host.owned_domains(node_prefix)]))
 
 
 @pytest.fixture

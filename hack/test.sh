@@ -66,10 +66,16 @@ fi
 # The whole suite in three lanes, the first two side by side (2 cores: the real guest's TCG boots take one):
 # - guest: the real Debian guest (tests/e2e/test_cloud_guest.py), minutes of boots;
 # - side: what never stops, restarts or floods the shared libvirtd and API server: unit, differential,
-#   emulator, Helm, the benchmark smoke run, and live migration (on its own namespaced libvirtds);
+#   emulator, Helm, the benchmark smoke run, live migration (on its own namespaced libvirtds) and the
+#   chart's DaemonSet pod on the kubelet node;
 # - then the rest of the end-to-end tests alone: they take libvirtd and the API server down and up.
 GUEST=(tests/e2e/test_cloud_guest.py)
-SIDE=(tests/unit tests/differential tests/emulator tests/helm tests/benchmarks tests/e2e/test_migration.py)
+SIDE=(tests/unit tests/differential tests/emulator tests/helm tests/benchmarks tests/e2e/test_migration.py
+      tests/e2e/test_daemonset_pod.py)
+if [ -n "${CI:-}" ]; then  # what an interrupted earlier session left (each session would remove the others')
+    .venv/bin/python -m testbed.leftovers --remove-owned e2e
+fi
+export LVO_TEST_LANES=1
 lanes=$(mktemp -d /tmp/lvo-test-lanes.XXXXXX)
 lane() {  # lane NAME PYTEST-ARGS...: in the background, its output into $lanes/NAME.log
     local name=$1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import subprocess
 from pathlib import Path
@@ -137,3 +138,13 @@ def remove_test_domains(conn: libvirt.virConnect, keep: frozenset[str] = frozens
         if dom.isActive():
             dom.destroy()
         dom.undefine()
+
+
+def remove_owned(host: Host, node_prefix: str) -> int:
+    """The domains of nodes named ``node_prefix``..., removed eight at a time (a destroy waits for its QEMU
+    to exit: dozens of them one by one took 94 s at the end of a full run). Returns how many."""
+    owned = [uuid_ for uuid_, _name in host.owned_domains(node_prefix)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(host.remove, owned))
+    return len(owned)
+

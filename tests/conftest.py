@@ -13,7 +13,7 @@ from testbed.control_plane import ControlPlane
 from testbed.polling import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
-__all__ = ["API_KIND", "REPO", "find_tool", "wait_for"]
+__all__ = ["API_KIND", "REPO", "find_tool", "report_line", "wait_for"]
 # The API under the end-to-end and Helm tests: the real control plane of hack/cluster.sh, or the emulator.
 API_KIND = os.environ.get("LVO_API", "real")
 
@@ -47,3 +47,13 @@ def control_plane() -> ControlPlane:
     if API_KIND != "real":
         pytest.skip(f"LVO_API={API_KIND}: this test needs the real control plane")
     return ControlPlane().up()
+
+
+def report_line(config: pytest.Config, text: str) -> None:
+    """A measured number for the run's log even under `-q` and output capture (the terminal reporter's own
+    line), e.g. the real guest's boot-to-SSH time in every CI log."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        print(text)
+    else:
+        reporter.write_line(text)

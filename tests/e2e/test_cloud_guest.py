@@ -37,7 +37,7 @@ import pytest
 
 from libvirt_operator.api.constants import RESTART_ANNOTATION
 from testbed.guest_ssh import guest_cat, guest_ssh
-from tests.conftest import API_KIND, REPO
+from tests.conftest import API_KIND, REPO, report_line
 from tests.e2e.harness import (
     OPERATOR,
     Cluster,
@@ -169,18 +169,20 @@ def _condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
 
 
 def test_a_real_guest_boots_takes_cloud_init_and_a_key_reports_itself_and_stops_cleanly(
-        cluster: Cluster, make_operator: Any, dirs: tuple[Path, Path], node_name: str) -> None:
+        cluster: Cluster, make_operator: Any, dirs: tuple[Path, Path], node_name: str,
+        pytestconfig: pytest.Config) -> None:
     storage, images = dirs
     _images(images)
     node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node_name}}
     cluster.kubectl("create", "-f", "-", input_text=json.dumps(node))
     try:
-        _boot_log_in_and_stop(cluster, make_operator, storage, images, node_name)
+        _boot_log_in_and_stop(cluster, make_operator, storage, images, node_name, pytestconfig)
     finally:
         cluster.kubectl("delete", "node", node_name, "--ignore-not-found")
 
 
-def _boot_log_in_and_stop(cluster: Cluster, make_operator: Any, storage: Path, images: Path, node: str) -> None:
+def _boot_log_in_and_stop(cluster: Cluster, make_operator: Any, storage: Path, images: Path, node: str,
+                          pytestconfig: pytest.Config) -> None:
     key = storage.parent / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "lvo-e2e", "-f", str(key)], check=True,
                    timeout=30)
@@ -313,9 +315,9 @@ def _boot_log_in_and_stop(cluster: Cluster, make_operator: Any, storage: Path, i
                   timeout=60, what="the spec change observed")
     assert status["phase"] == "Stopped" and not status.get("restarts"), status
     assert cluster.event_reasons(name).count("RestartedByPolicy") == 0
-    print(f"\ncloud guest ({domain_type}): apply to SSH {to_ssh:.1f} s, restart annotation to SSH again "
-          f"{to_reboot:.1f} s, runStrategy Halted to Stopped {to_off:.1f} s ({stopped[-1]}), "
-          f"Always to SSH {to_ssh_again:.1f} s, reboot inside the guest to SSH {to_guest_reboot:.1f} s")
+    report_line(pytestconfig, f"cloud guest ({domain_type}): apply to SSH {to_ssh:.1f} s, restart annotation to "
+                f"SSH again {to_reboot:.1f} s, runStrategy Halted to Stopped {to_off:.1f} s ({stopped[-1]}), "
+                f"Always to SSH {to_ssh_again:.1f} s, reboot inside the guest to SSH {to_guest_reboot:.1f} s")
 
 
 def test_url_images_and_secret_user_data_through_the_real_api_without_booting(
@@ -364,7 +366,7 @@ def test_url_images_and_secret_user_data_through_the_real_api_without_booting(
 
 
 def test_a_real_guest_that_kvm_cannot_run_shows_the_internal_error_not_a_pause(
-        kvm_stuck_guest: StuckGuest | None) -> None:
+        kvm_stuck_guest: StuckGuest | None, pytestconfig: pytest.Config) -> None:
     """--domain-type kvm on a host whose KVM cannot run a Linux kernel (kvm_pvm): QEMU pauses the guest on
     an internal error, and the status says so (reason InternalError, a Warning Event), not a user's pause."""
     if kvm_stuck_guest is None:
@@ -372,7 +374,7 @@ def test_a_real_guest_that_kvm_cannot_run_shows_the_internal_error_not_a_pause(
                     "builds as root)")
     guest = kvm_stuck_guest
     status = guest.cluster.wait_phase(guest.name, "Paused", timeout=BOOT_TIMEOUT, reason="InternalError")
-    print(f"\nkvm_pvm: a real kernel stopped on an internal error {time.monotonic() - guest.applied:.1f} s after "
-          "apply")
+    report_line(pytestconfig, f"kvm_pvm: a real kernel stopped on an internal error "
+                f"{time.monotonic() - guest.applied:.1f} s after apply")
     assert "internal error" in status["message"] and "--domain-type" in status["message"], status
     assert "GuestInternalError" in guest.cluster.event_reasons(guest.name)

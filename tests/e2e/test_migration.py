@@ -26,7 +26,7 @@ from libvirt_operator.hypervisor import event_loop
 from testbed.clients import vm_manifest as base_vm_manifest
 from testbed.control_plane import ControlPlane
 from testbed.hypervisors import HypervisorHosts, NamespacedHost, small_filesystem
-from tests.conftest import API_KIND
+from tests.conftest import API_KIND, report_line
 from tests.e2e.conftest import NODE_PREFIX
 from tests.e2e.harness import OPERATOR, Api, Cluster, OperatorProcess, RealApi, poll, unique
 
@@ -249,7 +249,7 @@ def test_a_running_vm_is_live_migrated_to_the_other_node_and_its_guest_is_never_
     assert (result["sourceNode"], result["storage"]) == (source.name, "Block" if block else "Shared")
     assert result["startTime"] and result["endTime"] and result["vmUID"] == uid
     assert result["job"]["dataProcessed"] > 0
-    print(f"\n{request.node.callspec.id}: job {result['job']}; {result['message']}")
+    report_line(request.config, f"migration ({request.node.callspec.id}): job {result['job']}; {result['message']}")
     reasons = cluster.event_reasons(migration)
     assert {"MigrationAccepted", "MigrationSucceeded"} <= set(reasons), reasons
     vm_reasons = cluster.event_reasons(name)

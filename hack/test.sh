@@ -22,26 +22,30 @@ check() {  # check NAME COMMAND...
     return 0
 }
 
-check ruff .venv/bin/ruff check operator tests benchmarks
-check mypy .venv/bin/mypy
+lint() {
+    check ruff .venv/bin/ruff check operator tests benchmarks
+    check mypy .venv/bin/mypy
+}
 
 # The real control plane the end-to-end and Helm tests run on (built once per machine, then seconds).
 # LVO_API=emulator runs them on the API emulator instead, without it.
-if [ "${LVO_API:-real}" = real ]; then
+control_plane() {
+    [ "${LVO_API:-real}" = real ] || return 0
     echo "== control plane (hack/cluster.sh up)"
     started=$SECONDS
     bash hack/cluster.sh up || exit $?
     echo "== control plane ready in $((SECONDS - started)) s"
-    if [ "${LVO_CLUSTER_NODE:-1}" = 1 ]; then
-        # The operator image the DaemonSet test runs on the node (built once per content hash, seconds after).
-        echo "== operator image (hack/image.sh)"
-        started=$SECONDS
-        bash hack/image.sh >/dev/null || exit $?
-        echo "== operator image ready in $((SECONDS - started)) s"
-    fi
-fi
+}
 
-# Default to the whole suite unless a test path was given.
+# The operator image the DaemonSet test runs on the node (built once per content hash, seconds after).
+operator_image() {
+    [ "${LVO_API:-real}" = real ] && [ "${LVO_CLUSTER_NODE:-1}" = 1 ] || return 0
+    echo "== operator image (hack/image.sh)"
+    started=$SECONDS
+    bash hack/image.sh >/dev/null || exit $?
+    echo "== operator image ready in $((SECONDS - started)) s"
+}
+
 pytest_rc() {  # pytest_rc RC: pytest's exit code, with "no tests collected" (5) as a failure
     if [ "$1" -eq 5 ]; then
         echo "test.sh: pytest collected no tests (exit 5); this is a failure" >&2
@@ -49,7 +53,10 @@ pytest_rc() {  # pytest_rc RC: pytest's exit code, with "no tests collected" (5)
     return "$1"
 }
 
-if [ "$#" -gt 0 ]; then  # what the caller asked for, in one run
+if [ "$#" -gt 0 ]; then  # what the caller asked for, in one run (the whole suite unless a path is given)
+    lint
+    control_plane
+    operator_image
     paths=(tests)
     for arg in "$@"; do
         case "$arg" in -*) continue ;; esac
@@ -72,10 +79,6 @@ fi
 GUEST=(tests/e2e/test_cloud_guest.py)
 SIDE=(tests/unit tests/differential tests/emulator tests/helm tests/benchmarks tests/e2e/test_migration.py
       tests/e2e/test_daemonset_pod.py)
-if [ -n "${CI:-}" ]; then  # what an interrupted earlier session left (each session would remove the others')
-    .venv/bin/python -m testbed.leftovers --remove-owned e2e
-fi
-export LVO_TEST_LANES=1
 lanes=$(mktemp -d /tmp/lvo-test-lanes.XXXXXX)
 lane() {  # lane NAME PYTEST-ARGS...: in the background, its output into $lanes/NAME.log
     local name=$1
@@ -97,8 +100,17 @@ report() {  # report NAME: its output, then its exit code into first_failure
     rc=$?
     [ "$first_failure" -ne 0 ] || first_failure=$rc
 }
-echo "== pytest: lanes guest (${GUEST[*]}) and side (${SIDE[*]}) side by side"
+# The guest lane starts as soon as the control plane answers: lint and the image build run beside it.
+control_plane
+if [ -n "${CI:-}" ]; then  # what an interrupted earlier session left (each session would remove the others')
+    .venv/bin/python -m testbed.leftovers --remove-owned e2e
+fi
+export LVO_TEST_LANES=1
+echo "== pytest lane guest started in the background (${GUEST[*]})"
 lane guest "${GUEST[@]}"
+lint
+operator_image
+echo "== pytest lane side started in the background (${SIDE[*]})"
 lane side "${SIDE[@]}"
 wait
 report guest

@@ -397,7 +397,14 @@ class Reconciler:
             return {}, None
         if data is None:
             return {}, None
-        return {"interfaces": data.interfaces or None, "guestOS": data.guest_os}, agent_condition(data, True)
+        agent: tuple[str, str, str] | None = agent_condition(data, True)
+        if (not rec.seen_by_this_process and not data.agent_connected
+                and get_condition(rec.status.get("conditions"), "AgentConnected") is None):
+            # A (re)started operator's first read of a guest whose agent never connected: no condition, as
+            # the instance before wrote none (a start leaves the first one to the agent's connection event);
+            # else every restart would cost one status write per VM of the node.
+            agent = None
+        return {"interfaces": data.interfaces or None, "guestOS": data.guest_os}, agent
 
     async def _start(self, rec: VMRecord, spec: VMSpec, dom: domains.DomainState, *,
                      restart: bool) -> tuple[domains.DomainState, dict[str, Any]] | None:

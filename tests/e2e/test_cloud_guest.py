@@ -20,9 +20,7 @@ import hashlib
 import http.server
 import json
 import os
-import pty
 import secrets
-import select
 import shutil
 import subprocess
 import tempfile
@@ -37,6 +35,7 @@ import pytest
 
 from libvirt_operator.api.constants import RESTART_ANNOTATION
 from testbed.guest_ssh import guest_cat, guest_ssh
+from testbed.terminal import on_terminal
 from tests.conftest import API_KIND, REPO, report_line
 from tests.e2e.harness import (
     OPERATOR,
@@ -69,32 +68,7 @@ def _images(images: Path) -> None:
 def _console_prompt(name: str, timeout: float = 60.0) -> bytes:
     """What `libvirt-operator console` shows on a terminal after a carriage return (until a login prompt
     or the deadline); then it is left with its escape character."""
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the console on the pty
-        os.execvp(OPERATOR[0], [*OPERATOR, "console", f"default/{name}"])
-    seen = b""
-    deadline = time.monotonic() + timeout
-    sent_at = 0.0
-    try:
-        while b"login:" not in seen and time.monotonic() < deadline:
-            if time.monotonic() - sent_at > 5:  # getty answers a carriage return with its prompt
-                os.write(fd, b"\r")
-                sent_at = time.monotonic()
-            ready, _w, _x = select.select([fd], [], [], 0.5)
-            if ready:
-                try:
-                    seen += os.read(fd, 4096)
-                except OSError:
-                    break
-        os.write(fd, b"\x1d")  # Ctrl+]
-        try:
-            poll(lambda: os.waitpid(pid, os.WNOHANG)[0] == pid, timeout=10, interval=0.1, what="the console to end")
-        except AssertionError:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-    finally:
-        os.close(fd)
-    return seen
+    return on_terminal([*OPERATOR, "console", f"default/{name}"], b"login:", timeout=timeout, nudge=b"\r")
 
 
 @dataclasses.dataclass

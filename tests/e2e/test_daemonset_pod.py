@@ -5,9 +5,6 @@ and helm uninstall keep the guests running."""
 from __future__ import annotations
 
 import json
-import os
-import pty
-import select
 import subprocess
 import time
 import urllib.request
@@ -22,6 +19,7 @@ import yaml
 
 from testbed.control_plane import ControlPlane
 from testbed.net import free_port
+from testbed.terminal import on_terminal
 from tests.conftest import REPO, find_tool, wait_for
 from tests.e2e.harness import Cluster, Host, RealApi, vm_manifest
 
@@ -138,29 +136,9 @@ def user(control_plane: ControlPlane, kubectl_bin: str, tmp_path: Path) -> Itera
 def _console_in_pod(kubectl: str, plane: ControlPlane, pod: str, name: str, timeout: float = 60.0) -> str:
     """`kubectl exec -it POD -- libvirt-operator console default/NAME` on a terminal, as the README gives it:
     what it shows until its banner (or the deadline), then left with the escape character."""
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: kubectl on the pty
-        os.execvp(kubectl, [kubectl, "--kubeconfig", str(plane.admin_kubeconfig), "-n", NAMESPACE, "exec", "-it",
-                            pod, "--", "libvirt-operator", "console", f"default/{name}"])
-    seen = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while b"Connected to the console" not in seen and time.monotonic() < deadline:
-            ready, _w, _x = select.select([fd], [], [], 0.5)
-            if ready:
-                try:
-                    seen += os.read(fd, 4096)
-                except OSError:
-                    break
-        os.write(fd, b"\x1d")  # Ctrl+]
-        try:
-            wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] == pid, timeout=20, interval=0.1,
-                     what="the console in the pod to end")
-        except AssertionError:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-    finally:
-        os.close(fd)
+    seen = on_terminal([kubectl, "--kubeconfig", str(plane.admin_kubeconfig), "-n", NAMESPACE, "exec", "-it", pod,
+                        "--", "libvirt-operator", "console", f"default/{name}"], b"Connected to the console",
+                       timeout=timeout)
     return seen.decode(errors="replace")
 
 

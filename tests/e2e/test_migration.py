@@ -1,7 +1,8 @@
 """Live migration (issue 16) between two real hypervisor hosts: each its own libvirtd + virtlogd in
 namespaces of its own (testbed/hypervisors.py), each with its own operator process against the real API
 server, and a VirtualMachineMigration moving a running guest from one to the other, with shared storage
-and with block migration of its disk."""
+and with block migration of its disk; and the real Debian guest (hack/guest-image.sh) with shared storage,
+its boot id and uptime read inside it through its guest agent before and after (testbed/guest_agent.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +27,9 @@ from libvirt_operator.api.status import detail_name, event_name
 from libvirt_operator.hypervisor import event_loop
 from testbed.clients import vm_manifest as base_vm_manifest
 from testbed.control_plane import ControlPlane
+from testbed.guest_agent import BootClock, agent_of, boot_clock
 from testbed.hypervisors import HypervisorHosts, NamespacedHost, small_filesystem
-from tests.conftest import API_KIND, report_line
+from tests.conftest import API_KIND, REPO, report_line
 from tests.e2e.conftest import NODE_PREFIX
 from tests.e2e.harness import OPERATOR, Api, Cluster, OperatorProcess, RealApi, poll, unique
 
@@ -138,14 +141,18 @@ class TwoNodes:
     target: NamespacedHost
     operators: dict[str, OperatorProcess]
     storage: dict[str, Path]
+    images: dict[str, Path]
     events: EventLog
 
 
 @pytest.fixture(params=["shared", "block"])
 def two_nodes(request: pytest.FixtureRequest, api: Api, cluster: Cluster, hosts: HypervisorHosts,
               work_dir: Path) -> Iterator[TwoNodes]:
-    # "slow": a bandwidth limit makes the migration last long enough to act on it while it runs.
+    # "slow": a bandwidth limit makes the migration last long enough to act on it while it runs. "images":
+    # one image directory for both nodes (nodes whose image directories hold the same files, as a real
+    # guest's kernel, initrd and base image must be where the definition names them on either node).
     shared, slow = request.param.startswith("shared"), request.param.endswith("slow")
+    one_image_dir = request.param.endswith("images")
     source, target = hosts.hosts
     names = [source.name, target.name]
     for name in names:  # Nodes without a kubelet: the operators publish their readiness and migration URI
@@ -153,20 +160,21 @@ def two_nodes(request: pytest.FixtureRequest, api: Api, cluster: Cluster, hosts:
             {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}))
     operators: dict[str, OperatorProcess] = {}
     storage: dict[str, Path] = {}
+    images: dict[str, Path] = {}
     events = EventLog(hosts)
     try:
         for host in (source, target):
             storage[host.name] = work_dir / ("disks" if shared else f"disks-{host.name}")
-            images = work_dir / f"images-{host.name}"
+            images[host.name] = work_dir / ("images" if one_image_dir else f"images-{host.name}")
             storage[host.name].mkdir(exist_ok=True)
-            images.mkdir()
-            operators[host.name] = OperatorProcess(api, host.name, storage[host.name], images, "--shared-storage",
-                                                   "auto", "--migration-uri", host.migration_uri,
+            images[host.name].mkdir(exist_ok=True)
+            operators[host.name] = OperatorProcess(api, host.name, storage[host.name], images[host.name],
+                                                   "--shared-storage", "auto", "--migration-uri", host.migration_uri,
                                                    *(["--migration-bandwidth", "1"] if slow else []),
                                                    libvirt_uri=host.uri)
         for proc in operators.values():
             proc.start()
-        yield TwoNodes(source, target, operators, storage, events)
+        yield TwoNodes(source, target, operators, storage, images, events)
     finally:
         for proc in operators.values():
             proc.stop()
@@ -266,6 +274,120 @@ def test_a_running_vm_is_live_migrated_to_the_other_node_and_its_guest_is_never_
     # The target's operator owns it now: a power change goes through it.
     cluster.patch_spec(name, {"paused": True})
     cluster.wait_phase(name, "Paused", timeout=30, nodeName=target.name)
+
+
+GUEST_IMAGE_SCRIPT = REPO / "hack" / "guest-image.sh"
+GUEST_BOOT_TIMEOUT = 600.0  # TCG: 40-100 s to the agent on an idle machine, minutes beside other guests
+
+
+def guest_image(images: Path) -> None:
+    """The real Debian guest (hack/guest-image.sh) into ``images``: built once per machine, then copied from its
+    cache in about a second. Skips when not root or when it cannot be built (fails instead under CI)."""
+    if os.geteuid() != 0:
+        pytest.skip("hack/guest-image.sh builds as root")
+    done = subprocess.run(["bash", str(GUEST_IMAGE_SCRIPT), str(images)], capture_output=True, text=True,
+                          timeout=1500)
+    if done.returncode != 0:
+        reason = f"hack/guest-image.sh could not build the real guest:\n{done.stderr[-3000:]}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def guest_boot_clock(host: NamespacedHost, uid: str) -> BootClock:
+    """The guest's uptime and boot id, read inside it through its agent on ``host``'s libvirtd (raises while
+    the guest is not there or its agent does not answer yet)."""
+    conn = host.open()
+    try:
+        return boot_clock(agent_of(conn.lookupByUUIDString(uid)))
+    finally:
+        conn.close()
+
+
+@pytest.mark.timeout(1500 + 2 * GUEST_BOOT_TIMEOUT)
+@pytest.mark.parametrize("two_nodes", ["shared-images"], indirect=True)
+def test_a_real_linux_guest_is_live_migrated_and_keeps_its_uptime_and_boot_id(
+        cluster: Cluster, two_nodes: TwoNodes, request: pytest.FixtureRequest) -> None:
+    """The real Debian guest (512 MiB, direct kernel boot, the operators' --domain-type auto: TCG here) booted
+    once on the source and migrated with shared storage: inside the guest the same boot (its boot id) and an
+    uptime that went on, read through its agent before on the source and after on the target."""
+    source, target = two_nodes.source, two_nodes.target
+    images = two_nodes.images[source.name]
+    guest_image(images)
+    # No NIC (nothing to forward, nothing to leave the hosts): without the mask the guest waits for a network
+    # that never comes (systemd-networkd-wait-online's 120 s, which cloud-init and so the agent are ordered after).
+    cmdline = ((images / "debian-cloud.cmdline").read_text().strip()
+               + " systemd.mask=systemd-networkd-wait-online.service")
+    name, migration = unique("realmig"), unique("to-b")
+    cluster.apply(vm_manifest(
+        name, source.name, memory="512Mi", disks=[{"name": "root", "image": "debian-cloud.qcow2"}],
+        boot={"kernel": "debian-cloud.vmlinuz", "initrd": "debian-cloud.initrd", "cmdline": cmdline}))
+    applied = time.monotonic()
+    status = cluster.wait_phase(name, "Running", timeout=120, nodeName=source.name)
+    uid, guest = status["domainUUID"], status["domainName"]
+    console = Path(status["consoleLog"])
+
+    # Booted: its agent runs a command in it (guest-exec).
+    try:
+        before = poll(lambda: guest_boot_clock(source, uid), timeout=GUEST_BOOT_TIMEOUT, interval=1.0,
+                      what="the guest agent to run `cat /proc/uptime .../boot_id` in the guest on the source")
+    except AssertionError as exc:
+        tail = console.read_text(errors="replace")[-3000:] if console.exists() else "(no console log)"
+        raise AssertionError(f"{exc}\nconsole:\n{tail}\n{two_nodes.operators[source.name].tail(40)}") from None
+    read_before = time.monotonic()
+    to_agent = read_before - applied
+    node = json.loads(cluster.kubectl("get", "node", source.name, "-o", "json"))
+    domain_type = (node["metadata"].get("annotations") or {}).get(f"{GROUP}/domain-type", "?")  # printed
+    source_qemu = source.qemu_processes()[guest]
+    assert guest not in target.qemu_processes()
+    poll(lambda: all(o.readyz() == 200 for o in two_nodes.operators.values()), timeout=30, what="both ready")
+
+    cluster.apply(migration_manifest(migration, name, target.name))
+    asked = time.monotonic()
+    done = poll(lambda: (get_migration(cluster, migration).get("status") or {}).get("phase")
+                in ("Succeeded", "Failed") and get_migration(cluster, migration), timeout=300, interval=0.2,
+                what=f"migration {migration} to finish")
+    migrated_in = time.monotonic() - asked
+    result = done["status"]
+    assert result["phase"] == "Succeeded", result
+    assert result["storage"] == "Shared", result
+
+    # The guest's QEMU runs on the target, started for the migration; the source's is gone.
+    target_qemu = target.qemu_processes()[guest]
+    assert target_qemu[1] > source_qemu[1]
+    assert domain_active(target, uid) is True
+    assert domain_active(source, uid) is None
+    assert guest not in source.qemu_processes()
+    vm_status = cluster.wait_phase(name, "Running", timeout=60, nodeName=target.name)
+    assert vm_status.get("restarts", 0) == status.get("restarts", 0)
+    assert vm_status["startedAt"] == status["startedAt"]
+
+    # Inside the guest: the same boot, and its uptime went on.
+    after = poll(lambda: guest_boot_clock(target, uid), timeout=120, interval=0.5,
+                 what="the guest agent to answer on the target")
+    wall = time.monotonic() - read_before
+    assert after.boot_id == before.boot_id, (before, after)
+    assert after.uptime > before.uptime, (before, after)
+    assert target.qemu_processes()[guest] == target_qemu  # the same QEMU process, still running
+    boot_log = console.read_text(errors="replace")
+    assert boot_log.count("Linux version") == 1, "the serial console shows a second boot"
+
+    # libvirt's account and the operator's: a migration, no boot on the target, no restart.
+    poll(lambda: "Resumed/Migrated" in two_nodes.events.of(target.name, uid), timeout=10, what="target events")
+    on_source, on_target = two_nodes.events.of(source.name, uid), two_nodes.events.of(target.name, uid)
+    assert [e for e in on_source if e.startswith("Stopped/")] == ["Stopped/Migrated"], on_source
+    assert on_target[0] == "Started/Migrated", on_target
+    assert not [e for e in on_target if e.startswith(("Started/Booted", "Stopped/"))], on_target
+    vm_reasons = cluster.event_reasons(name)
+    assert "Migrated" in vm_reasons, vm_reasons
+    assert "RestartedByPolicy" not in vm_reasons and "DomainRedefined" not in vm_reasons, vm_reasons
+
+    job = result["job"]
+    report_line(request.config,
+                f"real guest ({domain_type}, 512 MiB): apply to the guest agent answering {to_agent:.1f} s; migration "
+                f"(apply to Succeeded) {migrated_in:.1f} s, libvirt's job {job.get('timeElapsedMs')} ms, downtime "
+                f"{job.get('downtimeMs')} ms, {int(job.get('dataProcessed', 0)) / 2**20:.0f} MiB moved; in the guest: "
+                f"uptime {before.uptime:.1f} s -> {after.uptime:.1f} s over {wall:.1f} s, same boot id")
 
 
 @pytest.mark.parametrize("two_nodes", ["shared"], indirect=True)

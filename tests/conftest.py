@@ -53,7 +53,9 @@ def report_line(config: pytest.Config, text: str) -> None:
     """A measured number for the run's log even under `-q` and output capture (the terminal reporter's own
     line), e.g. the real guest's boot-to-SSH time in every CI log."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is None:
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
         print(text)
-    else:
+        return
+    with capture.global_and_fixture_disabled():  # a test's output is captured, the terminal's is not
         reporter.write_line(text)

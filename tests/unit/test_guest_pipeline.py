@@ -5,6 +5,7 @@ field, and the graceful stop's grace period and Events."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
@@ -185,7 +186,7 @@ async def test_a_restarted_operator_writes_nothing_for_running_vms_whose_agent_n
     settings = env.operator.settings
     env.operator.stop()
     before = env.status_patches()
-    second = OperatorThread(settings)
+    second = OperatorThread(dataclasses.replace(settings, lease=False))  # no wait for the first one's Lease
     second.start()
     try:
         await until(lambda: second.runtime is not None and second.runtime.ready, what="the second instance ready")

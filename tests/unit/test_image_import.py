@@ -171,3 +171,20 @@ def test_an_unused_cached_image_goes_after_the_ttl_one_a_disk_uses_or_just_touch
 def test_unused_images_is_a_pure_choice_by_use_and_age() -> None:
     cached = {"/c/a": 100.0, "/c/b": 100.0, "/c/c": 990.0}
     assert unused_images(cached, {"/c/a"}, now=1000.0, ttl=60.0) == ["/c/b"]
+
+
+def test_an_image_used_through_a_symlinked_storage_directory_is_kept(tmp_path: Path) -> None:
+    real = tmp_path / "real-disks"
+    (real / ".images").mkdir(parents=True)
+    link = tmp_path / "disks"
+    link.symlink_to(real)  # the operator's --storage-dir, given through a symlink
+    sha = "d" * 64
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(link / ".images" / sha), "1M"], check=True)
+    (link / "uid").mkdir()
+    base = (link / ".images" / sha).resolve()  # what Storage._create_disk writes into the overlay
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base),
+                    str(link / "uid" / "root.qcow2")], check=True)
+    old = time.time() - 7200
+    os.utime(link / ".images" / sha, (old, old))
+    assert remove_unused(link, ttl=3600) == []
+    assert (real / ".images" / sha).exists()

@@ -156,7 +156,9 @@ def remove_unused(storage_dir: Path, ttl: float) -> list[str]:
     cache = Path(storage_dir) / CACHE_DIR
     if ttl <= 0 or not cache.is_dir():
         return []
-    cached = {str(p): p.stat().st_mtime for p in cache.iterdir()
+    # Both sides resolved: Storage writes the backing file's resolved path into the overlay, while the storage
+    # directory may be given through a symlink (a used image must never look unused).
+    cached = {os.path.realpath(p): p.stat().st_mtime for p in cache.iterdir()
               if p.is_file() and not p.is_symlink() and not p.name.startswith(".")}
     if not cached:
         return []
@@ -164,7 +166,7 @@ def remove_unused(storage_dir: Path, ttl: float) -> list[str]:
     for disk in Path(storage_dir).glob("*/*.qcow2"):
         backing = qcow2_backing_file(disk)
         if backing is not None:
-            used.add(str(Path(backing) if Path(backing).is_absolute() else disk.parent / backing))
+            used.add(os.path.realpath(disk.parent / backing))  # an absolute backing path stays as it is
     removed = []
     for path in unused_images(cached, used, now=time.time(), ttl=ttl):
         name = Path(path).name

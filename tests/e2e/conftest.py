@@ -10,10 +10,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import libvirt
 import pytest
 
-from testbed.hosts import remove_owned
+from testbed.hosts import remove_owned, remove_owned_now
 from tests.conftest import API_KIND
 from tests.e2e.harness import Api, Cluster, EmulatorApi, Host, OperatorProcess, RealApi, libvirtd_answers
 
@@ -51,18 +50,6 @@ def host() -> Iterator[Host]:
 # reconnect the shared one); whatever it misses (libvirtd down just then) the session's end removes.
 _REAPER = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="lvo-e2e-reaper")
 
-
-def _reap(node: str) -> None:
-    try:
-        host = Host()
-    except libvirt.libvirtError:
-        return
-    try:
-        remove_owned(host, node)
-    except libvirt.libvirtError:
-        pass
-    finally:
-        host.close()
 
 
 @pytest.fixture
@@ -120,7 +107,7 @@ def make_operator(api: Api, dirs: tuple[Path, Path], host: Host,
         if failed is not None and failed.failed:
             print(f"--- operator {proc.node} log ---\n{proc.tail(150)}")
     for node in {proc.node for proc in started}:
-        _REAPER.submit(_reap, node)
+        _REAPER.submit(remove_owned_now, node)
 
 
 @pytest.hookimpl(wrapper=True)

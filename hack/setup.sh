@@ -92,11 +92,24 @@ ensure_venv() {
     "$py" -m venv "$VENV"
 }
 
+# The dependencies' wheels are kept per machine outside the checkout, keyed by pyproject.toml and the
+# Python version: a fresh clone installs from them offline (about 25 s) instead of downloading and
+# building them again (about 80 s, libvirt-python compiled from source). Byte-compiling is left to the
+# first import, which compiles only what is used.
 pip_install() {
-    local want
-    want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+    local want wheels
+    want="$(cat pyproject.toml <("$VENV/bin/python" -VV) | sha256sum | cut -c1-12)"
     if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then return 0; fi
-    "$VENV/bin/python" -m pip install -q -e '.[test,bench]'
+    wheels="${LVO_CACHE_DIR:-/var/cache/libvirt-operator}/wheels-$want"
+    if [ ! -f "$wheels/.complete" ]; then
+        rm -rf "$wheels.tmp"
+        "$VENV/bin/python" -m pip wheel -q -w "$wheels.tmp" '.[test,bench]' 'setuptools>=68' wheel
+        rm -f "$wheels.tmp"/libvirt_operator-*.whl  # the project itself is installed editable, from the checkout
+        touch "$wheels.tmp/.complete"
+        rm -rf "$wheels"
+        mv "$wheels.tmp" "$wheels"
+    fi
+    "$VENV/bin/python" -m pip install -q --no-compile --no-index --find-links "$wheels" -e '.[test,bench]'
     echo "$want" >"$STAMP"
 }
 

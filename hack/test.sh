@@ -70,19 +70,22 @@ if [ "$#" -gt 0 ]; then  # what the caller asked for, in one run (the whole suit
     exit "$first_failure"
 fi
 
-# The whole suite in three lanes, the first two side by side (2 cores: the real guest's TCG boots take one):
-# - guest: the real Debian guest (tests/e2e/test_cloud_guest.py), minutes of boots;
-# - side: what never stops, restarts or floods the shared libvirtd and API server: unit, differential,
-#   emulator, Helm, the benchmark smoke run, live migration (on its own namespaced libvirtds) and the
-#   chart's DaemonSet pod on the kubelet node;
-# - then the rest of the end-to-end tests alone: they take libvirtd and the API server down and up.
+# The whole suite in lanes, side by side where they cannot disturb each other (2 cores; the real guest's
+# TCG boots take most of one), in two phases:
+# 1. disruptive: the end-to-end tests that take the shared libvirtd and the API server down and up, beside
+#    what needs neither (unit and emulator tests, ruff, mypy, the image build);
+# 2. then three lanes at once: guest (the real Debian guest, minutes of boots); side (differential, Helm,
+#    the benchmark smoke run, live migration on its own namespaced libvirtds, the chart's DaemonSet pod);
+#    e2e (every other test: the end-to-end tests that share libvirtd and the API server but leave them up).
+DISRUPTIVE=(tests/e2e/test_connection_loss.py tests/e2e/test_faults.py)
+OFFLINE=(tests/unit tests/emulator)
 GUEST=(tests/e2e/test_cloud_guest.py)
-SIDE=(tests/unit tests/differential tests/emulator tests/helm tests/benchmarks tests/e2e/test_migration.py
-      tests/e2e/test_daemonset_pod.py)
+SIDE=(tests/differential tests/helm tests/benchmarks tests/e2e/test_migration.py tests/e2e/test_daemonset_pod.py)
 lanes=$(mktemp -d /tmp/lvo-test-lanes.XXXXXX)
 lane() {  # lane NAME PYTEST-ARGS...: in the background, its output into $lanes/NAME.log
     local name=$1
     shift
+    echo "== pytest lane $name started ($*)"
     (
         started=$SECONDS
         .venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 --basetemp="$lanes/$name" "$@" \
@@ -90,9 +93,11 @@ lane() {  # lane NAME PYTEST-ARGS...: in the background, its output into $lanes/
         rc=$?
         echo "$rc $((SECONDS - started))" >"$lanes/$name.rc"
     ) &
+    echo $! >"$lanes/$name.pid"
 }
-report() {  # report NAME: its output, then its exit code into first_failure
+report() {  # report NAME: waits for the lane, prints its output, then its exit code into first_failure
     local name=$1 rc seconds
+    wait "$(cat "$lanes/$name.pid")"
     read -r rc seconds <"$lanes/$name.rc"
     echo "== pytest lane $name (${seconds} s, exit $rc)"
     cat "$lanes/$name.log"
@@ -100,29 +105,27 @@ report() {  # report NAME: its output, then its exit code into first_failure
     rc=$?
     [ "$first_failure" -ne 0 ] || first_failure=$rc
 }
-# The guest lane starts as soon as the control plane answers: lint and the image build run beside it.
+suite_started=$SECONDS
 control_plane
 if [ -n "${CI:-}" ]; then  # what an interrupted earlier session left (each session would remove the others')
     .venv/bin/python -m testbed.leftovers --remove-owned e2e
 fi
 export LVO_TEST_LANES=1
-echo "== pytest lane guest started in the background (${GUEST[*]})"
-lane guest "${GUEST[@]}"
+lane disruptive "${DISRUPTIVE[@]}"
+lane offline "${OFFLINE[@]}"
 lint
 operator_image
-echo "== pytest lane side started in the background (${SIDE[*]})"
+report disruptive
+echo "== phase 1 done at $((SECONDS - suite_started)) s"
+lane guest "${GUEST[@]}"
 lane side "${SIDE[@]}"
-wait
-report guest
-report side
 ignore=()
-for path in "${GUEST[@]}" "${SIDE[@]}"; do ignore+=("--ignore=$path"); done
-echo "== pytest lane rest (tests, without the two lanes above)"
-started=$SECONDS
-.venv/bin/python -m pytest -q --durations=25 tests "${ignore[@]}"
-pytest_rc $?
-rc=$?
-echo "== pytest lane rest: $((SECONDS - started)) s, exit $rc"
-[ "$first_failure" -ne 0 ] || first_failure=$rc
+for path in "${DISRUPTIVE[@]}" "${OFFLINE[@]}" "${GUEST[@]}" "${SIDE[@]}"; do ignore+=("--ignore=$path"); done
+lane e2e tests "${ignore[@]}"
+report offline
+report e2e
+report side
+report guest
+echo "== suite done in $((SECONDS - suite_started)) s"
 rm -rf "$lanes"
 exit "$first_failure"

@@ -8,13 +8,13 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import libvirt
 import pytest
 
-from tests.e2e.harness import Cluster, Host, OperatorProcess, poll, unique, vm_manifest
+from tests.e2e.harness import Cluster, Host, OperatorProcess, RealApi, poll, unique, vm_manifest
 
 # What a Node without a kubelet carries: local mode registers one with a partial nodeInfo.
 PARTIAL_NODE_INFO = {"kubeletVersion": "none", "architecture": platform.machine(), "operatingSystem": "linux"}
@@ -72,7 +72,17 @@ def _watch_nodes_without_a_kubelet(cluster: Cluster, make_operator: Any, nodes: 
             assert _warnings(proc) == [], f"operator {proc.node} logged:\n" + "\n".join(_warnings(proc))
     _observe_for(35, quiet)  # the refused patch was retried every 10 s
     # Each Node's status was written once (LibvirtReady), not retried.
-    assert cluster.api.requests().get(("patch", "nodes/status"), 0) == len(nodes)
+    assert _node_status_patches(cluster, nodes) == len(nodes)
+
+
+def _node_status_patches(cluster: Cluster, nodes: Iterable[str]) -> int:
+    """Status patches of these Nodes. On the real control plane the operators of tests running meanwhile
+    (hack/test.sh's lanes) share the operator's identity: count by the Nodes' own URIs."""
+    if not isinstance(cluster.api, RealApi):
+        return cluster.api.requests().get(("patch", "nodes/status"), 0)
+    paths = {f"/api/v1/nodes/{name}/status" for name in nodes}
+    return sum(1 for verb, resource, uri in cluster.api.request_uris()
+               if verb == "patch" and resource == "nodes" and uri.split("?")[0] in paths)
 
 
 def test_a_sigtermed_operator_stops_through_its_own_stop_flag_and_leaves_kopf_no_task_to_wait_out(

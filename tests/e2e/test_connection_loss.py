@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 from typing import Any
 
 import libvirt
@@ -13,7 +12,7 @@ import libvirt
 from libvirt_operator.api.constants import NODE_CONDITION_TYPE, NODE_SCHEDULABLE_LABEL
 from libvirt_operator.local import node_manifest
 from testbed.control_plane import ControlPlane
-from testbed.hosts import ensure_libvirtd
+from testbed.hosts import ensure_libvirtd, live_libvirtd_pids
 from tests.e2e.harness import Cluster, Host, poll, unique, vm_manifest
 
 
@@ -40,8 +39,7 @@ def _vm_connected(cluster: Cluster, name: str) -> str | None:
 
 
 def _libvirtd_pid() -> int:
-    out = subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True, text=True)
-    return int(out.stdout.split()[0])
+    return live_libvirtd_pids()[0]
 
 
 def _restart_libvirtd_after(action: Any) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import libvirt
@@ -52,32 +50,6 @@ def ensure_libvirtd(timeout: float = 120.0) -> None:
             subprocess.run(["libvirtd", "-d"], capture_output=True, timeout=60)
         return False
     wait_for(up, timeout=timeout, interval=0.2, what="libvirtd to answer again")
-
-
-# libvirt's partition of all its guests: cgroup v1's cpu controller (default shares 1024), cgroup v2 (weight 100).
-GUESTS_CPU_WEIGHT = ((Path("/sys/fs/cgroup/cpu/machine/cpu.shares"), 1024),
-                     (Path("/sys/fs/cgroup/machine.slice/cpu.weight"), 100))
-
-
-@contextmanager
-def guests_cpu_priority(factor: int) -> Iterator[Path | None]:
-    """The system libvirtd's guests, as one group, weigh ``factor`` times their default against the machine's
-    other processes while inside; then the weight it had. By default all guests together weigh as much as one
-    busy process outside them: on 2 cores beside a few busy test processes a TCG guest got a fraction of a
-    core, its boots took minutes, and it burnt more CPU in total (measured by hack/test.sh's lanes: 507 CPU-s
-    for the real guest's test). Yields the file changed, None where there is none (nothing is changed)."""
-    for path, default in GUESTS_CPU_WEIGHT:
-        try:
-            before = path.read_text().strip()
-            path.write_text(str(default * factor))
-        except OSError:
-            continue
-        try:
-            yield path
-        finally:
-            path.write_text(before)
-        return
-    yield None
 
 
 class Host:

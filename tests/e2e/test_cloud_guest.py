@@ -35,7 +35,6 @@ import pytest
 
 from libvirt_operator.api.constants import RESTART_ANNOTATION
 from testbed.guest_ssh import guest_cat, guest_ssh
-from testbed.hosts import guests_cpu_priority
 from testbed.terminal import on_terminal
 from tests.conftest import API_KIND, REPO, report_line
 from tests.e2e.harness import (
@@ -80,15 +79,7 @@ class StuckGuest:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def guests_first() -> Iterator[None]:
-    """The real guest's boots are the suite's longest chain (hack/test.sh runs other lanes beside it): while
-    this module runs, libvirt's guests get the CPU before the test processes and API server beside them."""
-    with guests_cpu_priority(8):
-        yield
-
-
-@pytest.fixture(scope="module", autouse=True)
-def kvm_stuck_guest(guests_first: None, request: pytest.FixtureRequest, host: Host, kubectl_bin: str,
+def kvm_stuck_guest(request: pytest.FixtureRequest, host: Host, kubectl_bin: str,
                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[StuckGuest | None]:
     """The guest of the internal-error test, applied before the module's first test: under kvm_pvm its kernel
     spins about three minutes, silently, before QEMU stops it, so it spins beside the TCG guest of the

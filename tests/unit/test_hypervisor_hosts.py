@@ -1,13 +1,9 @@
-"""The test bed's pure parts: the two-host config edits and names (testbed/hypervisors.py), the guests' CPU
-weight (testbed/hosts.py)."""
+"""The two-host test bed's pure parts (testbed/hypervisors.py): its libvirt config edits and names."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from testbed import hosts
 from testbed.hypervisors import BIND_DIRS, INIT, HypervisorHosts, _set_keys
 
 
@@ -31,16 +27,3 @@ def test_hosts_get_their_own_addresses_veths_and_directories() -> None:
     finally:
         hosts.close()
     assert not hosts.base.exists()
-
-
-def test_guests_cpu_priority_multiplies_the_guests_weight_and_restores_it(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    v1, v2 = tmp_path / "cpu.shares", tmp_path / "missing" / "cpu.weight"
-    v1.write_text("1024\n")
-    monkeypatch.setattr(hosts, "GUESTS_CPU_WEIGHT", ((v2, 100), (v1, 1024)))
-    with hosts.guests_cpu_priority(8) as changed:
-        assert changed == v1 and v1.read_text() == "8192"
-    assert v1.read_text() == "1024"
-    monkeypatch.setattr(hosts, "GUESTS_CPU_WEIGHT", ((v2, 100),))
-    with hosts.guests_cpu_priority(8) as changed:
-        assert changed is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from testbed.hypervisors import BIND_DIRS, INIT, HypervisorHosts, _set_keys
+from testbed.hypervisors import BIND_DIRS, INIT, HypervisorHosts, _not_copied, _set_keys
 
 
 def test_config_keys_are_replaced_once_and_comments_are_kept(tmp_path: Path) -> None:
@@ -27,3 +27,10 @@ def test_hosts_get_their_own_addresses_veths_and_directories() -> None:
     finally:
         hosts.close()
     assert not hosts.base.exists()
+
+
+def test_a_host_copies_no_guest_definitions_of_the_machine_not_even_one_being_written() -> None:
+    names = ["web.xml", "web.xml.new", "networks", "autostart"]
+    assert _not_copied("/etc/libvirt/qemu", names) == {"web.xml", "web.xml.new", "autostart"}
+    assert _not_copied("/etc/libvirt/qemu/networks", ["default.xml", "autostart"]) == {"autostart"}
+    assert _not_copied("/etc/libvirt", ["hooks", "secrets", "qemu.conf"]) == {"hooks", "secrets"}

@@ -73,15 +73,12 @@ fi
 # The whole suite in lanes, side by side where they cannot disturb each other (2 cores; the real guest's
 # TCG boots take most of one), in two phases:
 # 1. disruptive: the end-to-end tests that take the shared libvirtd and the API server down and up, beside
-#    what needs neither (unit and emulator tests, ruff, mypy, the image build) and the kvm lane (a guest that
-#    spins about three minutes of a core on a hypervisor host of its own, in the half of phase 1's CPU the
-#    others leave idle; it may run on into phase 2);
+#    what needs neither (unit and emulator tests, ruff, mypy, the image build);
 # 2. then three lanes at once: guest (the real Debian guest, minutes of boots); side (differential, Helm,
 #    the benchmark smoke run, live migration on its own namespaced libvirtds, the chart's DaemonSet pod);
 #    e2e (every other test: the end-to-end tests that share libvirtd and the API server but leave them up).
 DISRUPTIVE=(tests/e2e/test_connection_loss.py tests/e2e/test_faults.py)
 OFFLINE=(tests/unit tests/emulator)
-KVM=(tests/e2e/test_kvm_internal_error.py)
 GUEST=(tests/e2e/test_cloud_guest.py)
 SIDE=(tests/differential tests/helm tests/benchmarks tests/e2e/test_migration.py tests/e2e/test_daemonset_pod.py)
 lanes=$(mktemp -d /tmp/lvo-test-lanes.XXXXXX)
@@ -115,7 +112,6 @@ if [ -n "${CI:-}" ]; then  # what an interrupted earlier session left (each sess
 fi
 export LVO_TEST_LANES=1
 lane disruptive "${DISRUPTIVE[@]}"
-lane kvm "${KVM[@]}"
 lane offline "${OFFLINE[@]}"
 lint
 operator_image
@@ -124,10 +120,9 @@ echo "== phase 1 done at $((SECONDS - suite_started)) s"
 lane guest "${GUEST[@]}"
 lane side "${SIDE[@]}"
 ignore=()
-for path in "${DISRUPTIVE[@]}" "${KVM[@]}" "${OFFLINE[@]}" "${GUEST[@]}" "${SIDE[@]}"; do ignore+=("--ignore=$path"); done
+for path in "${DISRUPTIVE[@]}" "${OFFLINE[@]}" "${GUEST[@]}" "${SIDE[@]}"; do ignore+=("--ignore=$path"); done
 lane e2e tests "${ignore[@]}"
 report offline
-report kvm
 report e2e
 report side
 report guest

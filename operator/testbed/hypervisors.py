@@ -181,18 +181,16 @@ class NamespacedHost:
 
 
 class HypervisorHosts:
-    """Two hosts linked by one veth pair, or one host alone (a libvirtd of its own, no network but ``lo``: what
-    the machine's libvirtd does meanwhile, restarts included, never reaches it); use as a context manager."""
+    """``count`` hosts linked by one veth pair (two hosts) ; use as a context manager."""
 
     def __init__(self, names: list[str], *, subnet: int = 99) -> None:
-        if len(names) not in (1, 2):
-            raise ValueError("one host, or two linked by one veth pair")
+        if len(names) != 2:
+            raise ValueError("one veth pair links exactly two hosts")
         self.base = Path(tempfile.mkdtemp(prefix="lvo-hosts-", dir="/var/tmp"))
         self.base.chmod(0o755)
         token = uuid.uuid4().hex[:6]
-        self.veths: tuple[str, ...] = (f"lvo{token}a", f"lvo{token}b") if len(names) == 2 else ()
-        self.hosts = [NamespacedHost(name, f"10.{subnet}.0.{index + 1}" if self.veths else "127.0.0.1",
-                                     self.base / name)
+        self.veths = (f"lvo{token}a", f"lvo{token}b")
+        self.hosts = [NamespacedHost(name, f"10.{subnet}.0.{index + 1}", self.base / name)
                       for index, name in enumerate(names)]
         self._closed_at: int | None = None  # clock ticks since boot when close() began
 
@@ -216,20 +214,16 @@ class HypervisorHosts:
         for host in self.hosts:
             self._prepare(host)
             self._unshare(host)
-        if self.veths:
-            self._link()
-        for host in self.hosts:
-            # -p: the default pid files (/run/virtlogd.pid, /run/libvirtd.pid) are the machine's daemons'.
-            host.nsenter("virtlogd", "-d", "-p", "/run/libvirt/virtlogd-host.pid")
-            host.start_libvirtd()
-
-    def _link(self) -> None:
         a, b = self.hosts
         _run("ip", "link", "add", self.veths[0], "netns", str(a.pid), "type", "veth", "peer", "name",
              self.veths[1], "netns", str(b.pid))
         for host, veth in zip(self.hosts, self.veths, strict=True):
             host.nsenter("ip", "addr", "add", f"{host.address}/24", "dev", veth)
             host.nsenter("ip", "link", "set", veth, "up")
+        for host in self.hosts:
+            # -p: the default pid files (/run/virtlogd.pid, /run/libvirtd.pid) are the machine's daemons'.
+            host.nsenter("virtlogd", "-d", "-p", "/run/libvirt/virtlogd-host.pid")
+            host.start_libvirtd()
 
     def _prepare(self, host: NamespacedHost) -> None:
         root = host.root
@@ -242,13 +236,10 @@ class HypervisorHosts:
             "user": '"root"', "group": '"root"', "security_driver": '"none"',
             # Without it both hosts number their guests' cgroups like the machine's daemon and share paths.
             "cgroup_controllers": "[ ]",
-            # A host alone migrates nowhere (and libvirt refuses 127.0.0.1 as a migration address).
-            **({"migration_host": f'"{host.address}"', "migration_address": f'"{host.address}"'}
-               if self.veths else {}),
+            "migration_host": f'"{host.address}"', "migration_address": f'"{host.address}"',
         }, QEMU_CONF_KEYS)
         _set_keys(root / "etc/libvirt/libvirtd.conf", {
-            "listen_tls": "0", "listen_tcp": "1" if self.veths else "0", "listen_addr": f'"{host.address}"',
-            "auth_tcp": '"none"',
+            "listen_tls": "0", "listen_tcp": "1", "listen_addr": f'"{host.address}"', "auth_tcp": '"none"',
             # Distinct per host, else libvirt refuses: "Attempt to migrate guest to the same host".
             "host_uuid": f'"{host.host_uuid}"',
         }, LIBVIRTD_CONF_KEYS)

@@ -29,13 +29,14 @@ def live_libvirtd_pids() -> list[int]:
     the libvirtds of hypervisor hosts in namespaces of their own (testbed.hypervisors), which tests running
     meanwhile may have started."""
     pids = []
+    ours = os.readlink("/proc/self/ns/pid")
     for pid in subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True, text=True).stdout.split():
         try:
             state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
             namespace = os.readlink(f"/proc/{pid}/ns/pid")
         except (OSError, IndexError):
             continue
-        if state not in ("Z", "X") and namespace == os.readlink("/proc/self/ns/pid"):
+        if state not in ("Z", "X") and namespace == ours:
             pids.append(int(pid))
     return pids
 

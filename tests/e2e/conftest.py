@@ -51,7 +51,6 @@ def host() -> Iterator[Host]:
 _REAPER = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="lvo-e2e-reaper")
 
 
-
 @pytest.fixture
 def node_name() -> str:
     return f"{NODE_PREFIX}-{uuid.uuid4().hex[:4]}"

@@ -166,7 +166,7 @@ def remove_unused(storage_dir: Path, ttl: float) -> list[str]:
     for disk in Path(storage_dir).glob("*/*.qcow2"):
         backing = qcow2_backing_file(disk)
         if backing is not None:
-            used.add(os.path.realpath(disk.parent / backing))  # an absolute backing path stays as it is
+            used.add(os.path.realpath(disk.parent / backing))  # an absolute backing path replaces disk.parent
     removed = []
     for path in unused_images(cached, used, now=time.time(), ttl=ttl):
         name = Path(path).name

@@ -71,16 +71,21 @@ if [ "$#" -gt 0 ]; then  # what the caller asked for, in one run (the whole suit
 fi
 
 # The whole suite in lanes, side by side where they cannot disturb each other (2 cores; the real guest's
-# TCG boots take most of one), in two phases:
-# 1. disruptive: the end-to-end tests that take the shared libvirtd and the API server down and up, beside
-#    what needs neither (unit and emulator tests, ruff, mypy, the image build);
+# TCG boots take most of one):
+# 0. apioff (the one test that stops the shared API server) beside what needs no API server (unit and
+#    emulator tests, ruff, mypy);
+# 1. disruptive (the end-to-end tests that take the shared libvirtd down and up) beside migration (its
+#    hypervisor hosts have libvirtds of their own, which the disruptive tests leave alone) and the image
+#    build;
 # 2. then three lanes at once: guest (the real Debian guest, minutes of boots); side (differential, Helm,
-#    the benchmark smoke run, live migration on its own namespaced libvirtds, the chart's DaemonSet pod);
-#    e2e (every other test: the end-to-end tests that share libvirtd and the API server but leave them up).
-DISRUPTIVE=(tests/e2e/test_connection_loss.py tests/e2e/test_faults.py)
+#    the benchmark smoke run, the chart's DaemonSet pod); e2e (every other test: the end-to-end tests that
+#    share libvirtd and the API server but leave them up).
+APIOFF=(tests/e2e/test_api_server_stopped.py)
 OFFLINE=(tests/unit tests/emulator)
+DISRUPTIVE=(tests/e2e/test_connection_loss.py tests/e2e/test_faults.py)
+MIGRATION=(tests/e2e/test_migration.py)
 GUEST=(tests/e2e/test_cloud_guest.py)
-SIDE=(tests/differential tests/helm tests/benchmarks tests/e2e/test_migration.py tests/e2e/test_daemonset_pod.py)
+SIDE=(tests/differential tests/helm tests/benchmarks tests/e2e/test_daemonset_pod.py)
 lanes=$(mktemp -d /tmp/lvo-test-lanes.XXXXXX)
 lane() {  # lane NAME PYTEST-ARGS...: in the background, its output into $lanes/NAME.log
     local name=$1
@@ -111,18 +116,25 @@ if [ -n "${CI:-}" ]; then  # what an interrupted earlier session left (each sess
     .venv/bin/python -m testbed.leftovers --remove-owned e2e
 fi
 export LVO_TEST_LANES=1
-lane disruptive "${DISRUPTIVE[@]}"
 lane offline "${OFFLINE[@]}"
+lane apioff "${APIOFF[@]}"
 lint
+report apioff
+echo "== phase 0 done at $((SECONDS - suite_started)) s"
+lane disruptive "${DISRUPTIVE[@]}"
+lane migration "${MIGRATION[@]}"
 operator_image
 report disruptive
 echo "== phase 1 done at $((SECONDS - suite_started)) s"
 lane guest "${GUEST[@]}"
 lane side "${SIDE[@]}"
 ignore=()
-for path in "${DISRUPTIVE[@]}" "${OFFLINE[@]}" "${GUEST[@]}" "${SIDE[@]}"; do ignore+=("--ignore=$path"); done
+for path in "${APIOFF[@]}" "${OFFLINE[@]}" "${DISRUPTIVE[@]}" "${MIGRATION[@]}" "${GUEST[@]}" "${SIDE[@]}"; do
+    ignore+=("--ignore=$path")
+done
 lane e2e tests "${ignore[@]}"
 report offline
+report migration
 report e2e
 report side
 report guest

@@ -76,6 +76,12 @@ class OperatorProcess:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
             return str(resp.read().decode())
 
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of one of its metrics whose labels include ``labels``."""
+        wanted = [f'{key}="{value}"' for key, value in labels.items()]
+        return sum(float(line.split()[-1]) for line in self.metrics().splitlines()
+                   if line.startswith(name) and line[len(name)] in " {" and all(w in line for w in wanted))
+
     def tail(self, lines: int = 60) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])

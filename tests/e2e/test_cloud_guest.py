@@ -14,47 +14,30 @@ clean shutdown) are printed.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import http.server
 import json
 import os
 import secrets
-import shutil
 import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import libvirt
 import pytest
 
 from libvirt_operator.api.constants import RESTART_ANNOTATION
 from testbed.guest_ssh import guest_cat, guest_ssh
 from testbed.terminal import on_terminal
-from tests.conftest import API_KIND, REPO, report_line
-from tests.e2e.harness import (
-    OPERATOR,
-    Cluster,
-    EmulatorApi,
-    Host,
-    OperatorProcess,
-    RealApi,
-    free_port,
-    poll,
-    unique,
-    vm_manifest,
-)
+from tests.conftest import REPO, report_line
+from tests.e2e.harness import OPERATOR, Cluster, free_port, poll, unique, vm_manifest
 
 SCRIPT = REPO / "hack" / "guest-image.sh"
 PROOF_FILE = "/var/lib/lvo-cloud-guest-proof"
 BOOT_TIMEOUT = 600.0  # TCG: about 35 s on an idle machine, minutes beside other suites' guests
 SHUTDOWN_GRACE = 120  # spec.terminationGracePeriodSeconds: a clean stop must finish well before it
-STUCK_NODE_PREFIX = "kvmstuck-"
 pytestmark = pytest.mark.timeout(1500 + BOOT_TIMEOUT + 2 * SHUTDOWN_GRACE)
 
 
@@ -69,63 +52,6 @@ def _console_prompt(name: str, timeout: float = 60.0) -> bytes:
     """What `libvirt-operator console` shows on a terminal after a carriage return (until a login prompt
     or the deadline); then it is left with its escape character."""
     return on_terminal([*OPERATOR, "console", f"default/{name}"], b"login:", timeout=timeout, nudge=b"\r")
-
-
-@dataclasses.dataclass
-class StuckGuest:
-    cluster: Cluster
-    name: str
-    applied: float  # time.monotonic()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def kvm_stuck_guest(request: pytest.FixtureRequest, host: Host, kubectl_bin: str,
-                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[StuckGuest | None]:
-    """The guest of the internal-error test, applied before the module's first test: under kvm_pvm its kernel
-    spins about three minutes, silently, before QEMU stops it, so it spins beside the TCG guest of the
-    module's other tests instead of after them (on CI that is three minutes less). Its own API view, node and
-    operator: the other tests' clean-up (their node prefix) leaves it alone."""
-    if not Path("/sys/module/kvm_pvm").exists() or os.geteuid() != 0:
-        yield None
-        return
-    workdir = tmp_path_factory.mktemp("kvm-stuck")
-    server = RealApi(workdir, request.getfixturevalue("control_plane"), node_prefix=STUCK_NODE_PREFIX) \
-        if API_KIND == "real" else EmulatorApi(workdir)
-    base = Path(tempfile.mkdtemp(prefix="lvo-e2e-kvm-", dir="/var/tmp"))
-    base.chmod(0o755)
-    storage, images = base / "disks", base / "images"
-    storage.mkdir()
-    images.mkdir()
-    server.start()
-    cluster = Cluster(server, kubectl_bin)
-    node = f"{STUCK_NODE_PREFIX}{secrets.token_hex(3)}"
-    operator = OperatorProcess(server, node, storage, images, "--domain-type", "kvm")
-    name = unique("kvmfail")
-    try:
-        _images(images)
-        operator.start()
-        _crd_serves_guest_fields(cluster)
-        cmdline = (images / "debian-cloud.cmdline").read_text().strip()
-        cluster.apply(vm_manifest(
-            name, operator.node, memory="512Mi", disks=[{"name": "root", "image": "debian-cloud.qcow2"}],
-            boot={"kernel": "debian-cloud.vmlinuz", "initrd": "debian-cloud.initrd", "cmdline": cmdline},
-            terminationGracePeriodSeconds=5))
-        applied = time.monotonic()
-        uid = poll(lambda: cluster.status(name).get("domainUUID"), timeout=120, what="the stuck guest's domain")
-        # Its vCPU spins at 100 % until QEMU gives up: the lowest CPU weight (its cgroup's cpu.shares) keeps it
-        # from slowing the TCG guest of the tests that run meanwhile; it still gets every idle cycle.
-        host.conn.lookupByUUIDString(uid).setSchedulerParametersFlags({"cpu_shares": 2},
-                                                                     libvirt.VIR_DOMAIN_AFFECT_LIVE)
-        yield StuckGuest(cluster, name, applied)
-    finally:
-        uid = ((cluster.get(name) or {}).get("metadata") or {}).get("uid")
-        cluster.kubectl("delete", "lvm", name, "--ignore-not-found", "--wait=true", "--timeout=50s", check=False)
-        operator.stop()
-        if uid:
-            host.remove(uid)  # should the deletion not have finished
-        cluster.close()
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _crd_serves_guest_fields(cluster: Cluster) -> None:
@@ -337,18 +263,3 @@ def test_url_images_and_secret_user_data_through_the_real_api_without_booting(
     finally:
         httpd.shutdown()
         httpd.server_close()
-
-
-def test_a_real_guest_that_kvm_cannot_run_shows_the_internal_error_not_a_pause(
-        kvm_stuck_guest: StuckGuest | None, pytestconfig: pytest.Config) -> None:
-    """--domain-type kvm on a host whose KVM cannot run a Linux kernel (kvm_pvm): QEMU pauses the guest on
-    an internal error, and the status says so (reason InternalError, a Warning Event), not a user's pause."""
-    if kvm_stuck_guest is None:
-        pytest.skip("only a kvm_pvm host makes QEMU stop a real guest on an internal error (and the image "
-                    "builds as root)")
-    guest = kvm_stuck_guest
-    status = guest.cluster.wait_phase(guest.name, "Paused", timeout=BOOT_TIMEOUT, reason="InternalError")
-    report_line(pytestconfig, f"kvm_pvm: a real kernel stopped on an internal error "
-                f"{time.monotonic() - guest.applied:.1f} s after apply")
-    assert "internal error" in status["message"] and "--domain-type" in status["message"], status
-    assert "GuestInternalError" in guest.cluster.event_reasons(guest.name)

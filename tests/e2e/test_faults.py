@@ -44,16 +44,6 @@ DISK = [{"name": "data", "size": "8Mi"}]
 # --- helpers ------------------------------------------------------------------------------------------------
 
 
-def _metric(operator: OperatorProcess, name: str, **labels: str) -> float:
-    """Sum of the samples of one metric whose labels include ``labels``."""
-    total = 0.0
-    wanted = [f'{k}="{v}"' for k, v in labels.items()]
-    for line in operator.metrics().splitlines():
-        if line.startswith(name) and (line[len(name)] in " {") and all(w in line for w in wanted):
-            total += float(line.split()[-1])
-    return total
-
-
 def _bystander(cluster: Cluster, host: Host, node: str) -> tuple[str, str, int]:
     """A VM running before the fault: it must come out of it untouched (same guest process)."""
     name = unique("bystander")
@@ -129,7 +119,7 @@ def _libvirtd_outage(operator: OperatorProcess, host: Host) -> Iterator[Callable
     def kill() -> None:
         for pid in live_libvirtd_pids():
             os.kill(pid, signal.SIGKILL)
-        poll(lambda: _metric(operator, "libvirt_operator_libvirt_connected") == 0, timeout=30, interval=0.05,
+        poll(lambda: operator.metric("libvirt_operator_libvirt_connected") == 0, timeout=30, interval=0.05,
              what="the operator to notice libvirtd is gone")
     try:
         yield kill
@@ -311,9 +301,9 @@ def test_409_429_and_500_answers_to_the_operators_writes_are_retried_until_creat
             cluster.api.inject_fault(status=code, verb="patch", resource="virtualmachines/status", count=1)
 
     def errors_seen() -> tuple[float, float]:
-        return (_metric(operator, "libvirt_operator_api_requests_total", verb="patch", resource="virtualmachines",
+        return (operator.metric("libvirt_operator_api_requests_total", verb="patch", resource="virtualmachines",
                         outcome="error"),
-                _metric(operator, "libvirt_operator_api_requests_total", verb="patch",
+                operator.metric("libvirt_operator_api_requests_total", verb="patch",
                         resource="virtualmachines/status", outcome="error"))
 
     inject()  # the finalizer (JSON patch) and the status (merge patch) writes of a creation

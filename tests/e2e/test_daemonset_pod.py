@@ -75,6 +75,16 @@ class Release:
                                  "-o", "json")
         return list(json.loads(out)["items"])
 
+    def diagnose(self) -> str:
+        """What a failed wait on the DaemonSet's pods should print: pods, the namespace's Events, log tails."""
+        parts = [self.plane.kubectl("get", "daemonset,pods", "-n", NAMESPACE, "-o", "wide", check=False),
+                 self.plane.kubectl("get", "events", "-n", NAMESPACE, "--sort-by=.lastTimestamp", check=False)]
+        for pod in self.pods():
+            pod_name = pod["metadata"]["name"]
+            parts.append(f"--- {pod_name}: {json.dumps(pod.get('status', {}).get('conditions'))}\n"
+                         + self.plane.kubectl("logs", "-n", NAMESPACE, pod_name, "--tail=40", check=False))
+        return "\n".join(parts)
+
     def ready_pod(self, not_named: str | None = None) -> dict[str, Any] | None:
         for pod in self.pods():
             if pod["metadata"]["name"] == not_named or pod["metadata"].get("deletionTimestamp"):
@@ -230,8 +240,11 @@ def test_helm_upgrade_and_a_deleted_pod_keep_every_guest_running_and_hand_the_le
         else:
             control_plane.kubectl("delete", "pod", "-n", NAMESPACE, old["metadata"]["name"], "--wait=false")
         old_name = str(old["metadata"]["name"])
-        new = wait_for(lambda n=old_name: release.ready_pod(not_named=n), timeout=180,  # type: ignore[misc]
-                       interval=1, what=f"a new Ready pod after {change}")
+        try:
+            new = wait_for(lambda n=old_name: release.ready_pod(not_named=n), timeout=180,  # type: ignore[misc]
+                           interval=1, what=f"a new Ready pod after {change}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{release.diagnose()}") from None
         wait_for(lambda h=holder: _lease_holder(control_plane) not in ("", h), timeout=60,  # type: ignore[misc]
                  what=f"the new pod to hold the node's Lease after {change}")
         assert new["metadata"]["name"] != old["metadata"]["name"]

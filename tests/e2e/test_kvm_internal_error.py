@@ -13,7 +13,7 @@ import pytest
 
 from testbed import kvm_payload
 from tests.conftest import report_line
-from tests.e2e.harness import Cluster, unique, vm_manifest
+from tests.e2e.harness import Cluster, poll, unique, vm_manifest
 
 
 def test_a_guest_that_kvm_cannot_run_shows_the_internal_error_not_a_pause(
@@ -33,5 +33,5 @@ def test_a_guest_that_kvm_cannot_run_shows_the_internal_error_not_a_pause(
     report_line(pytestconfig, f"kvm_pvm: a guest stopped on a KVM internal error {time.monotonic() - applied:.1f} s "
                 "after apply")
     assert "internal error" in status["message"] and "--domain-type" in status["message"], status
-    assert "GuestInternalError" in cluster.event_reasons(name)
+    poll(lambda: "GuestInternalError" in cluster.event_reasons(name), timeout=30, what="the Warning Event")
     assert cluster.get(name)["spec"]["paused"] is False  # type: ignore[index]

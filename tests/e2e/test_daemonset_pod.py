@@ -115,6 +115,9 @@ def release(control_plane: ControlPlane, image: dict[str, str], tmp_path_factory
         "health": {"port": free_port()}, "metrics": {"port": free_port(), "service": {"enabled": False}},
         "operator": {"imageDir": str(images), "storageDir": str(disks), "shutdownTimeout": 5,
                      "stoppedEventDelay": 0.5},
+        # The node with the kubelet only: other tests' hypervisor Nodes (no kubelet) would each get a pod that
+        # stays Pending, and a Pending pod counts as unavailable: with maxUnavailable 1 it holds the rollout.
+        "nodeSelector": {HYPERVISOR_LABEL: "true", "kubernetes.io/hostname": node},
     }
     control_plane.kubectl("label", "node", node, f"{HYPERVISOR_LABEL}=true", "--overwrite")
     rel = Release(control_plane, helm, base, values)

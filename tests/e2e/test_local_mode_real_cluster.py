@@ -42,11 +42,15 @@ def test_local_mode_on_the_real_cluster_registers_the_node_and_runs_the_walk_thr
         assert cluster.get(name) is None
         assert "local mode on the real control plane" in log.read_text()
     finally:
-        cluster.close()
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             code = proc.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             raise
+        finally:
+            # Its Node carries the hypervisor label without a kubelet: left behind, a DaemonSet of the chart
+            # installed meanwhile would give it a pod that stays Pending.
+            cluster.kubectl("delete", "node", node, "--ignore-not-found", check=False)
+            cluster.close()
     assert code == 0, log.read_text()[-3000:]

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import libvirt
-
 from testbed.control_plane import ControlPlane
-from tests.e2e.harness import Cluster, Host, poll, unique, vm_manifest
+from tests.e2e.api_outage import suspend_while_the_api_is_away
+from tests.e2e.harness import Cluster, Host, unique, vm_manifest
 
 
 def test_a_state_reached_while_the_api_server_process_is_stopped_lands_when_it_is_started_again(
@@ -22,10 +21,7 @@ def test_a_state_reached_while_the_api_server_process_is_stopped_lands_when_it_i
     uid = cluster.wait_phase(name, "Running")["domainUUID"]
     control_plane.stop_apiserver()
     try:
-        host.virsh("suspend", f"default_{name}")
-        poll(lambda: host.state(uid) == libvirt.VIR_DOMAIN_PAUSED, what="the guest paused")
-        poll(lambda: operator.metric("libvirt_operator_libvirt_events_total", type="Suspended") >= 1,
-             what="the operator to receive the SUSPENDED event")
+        suspend_while_the_api_is_away(host, operator, name, uid)
     finally:
         control_plane.start_apiserver()
     status = cluster.wait_phase(name, "Paused", powerState="Paused", timeout=120)

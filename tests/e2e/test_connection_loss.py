@@ -13,6 +13,7 @@ import libvirt
 from libvirt_operator.api.constants import NODE_CONDITION_TYPE, NODE_SCHEDULABLE_LABEL
 from libvirt_operator.local import node_manifest
 from testbed.hosts import ensure_libvirtd, live_libvirtd_pids
+from tests.e2e.api_outage import suspend_while_the_api_is_away
 from tests.e2e.harness import Cluster, Host, poll, unique, vm_manifest
 
 
@@ -109,10 +110,7 @@ def test_a_state_reached_while_the_api_server_is_unreachable_lands_when_it_retur
 
     cluster.api.freeze()  # the real API: the fault proxy holds every request; the emulator: SIGSTOP
     try:
-        host.virsh("suspend", f"default_{name}")
-        poll(lambda: host.state(uid) == libvirt.VIR_DOMAIN_PAUSED, what="the guest paused")
-        poll(lambda: operator.metric("libvirt_operator_libvirt_events_total", type="Suspended") >= 1,
-             what="the operator to receive the SUSPENDED event")
+        suspend_while_the_api_is_away(host, operator, name, uid)
     finally:
         cluster.api.thaw()
     status = cluster.wait_phase(name, "Paused", powerState="Paused", timeout=90)

@@ -63,14 +63,7 @@ class OperatorRuntime(Protocol):
 
     async def stop(self, grace: float = 30.0) -> None: ...
 
-    def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None: ...
-
     def observe_migration(self, event_type: str | None, body: Mapping[str, Any]) -> None: ...
-
-    @property
-    def watch_selector(self) -> str | None:
-        """The VM watch's field selector once start() is done (None: the API server refused it)."""
-        ...
 
 
 @dataclass

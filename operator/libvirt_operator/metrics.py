@@ -58,6 +58,9 @@ class Metrics:
         self.vm_watch_events = Counter("libvirt_operator_vm_watch_events_total",
                                        "VirtualMachine watch events received, by type and whose VM",
                                        ["type", "node"], registry=r)
+        self.vm_watch_relists = Counter("libvirt_operator_vm_watch_relists_total",
+                                        "VirtualMachines listed again because the watch's resourceVersion "
+                                        "expired (410 Gone)", ["reason"], registry=r)
         self.requests: PyCounter[tuple[str, str]] = PyCounter()
 
     def on_api_request(self, verb: str, resource: str, ok: bool) -> None:

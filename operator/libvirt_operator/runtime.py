@@ -3,7 +3,8 @@
 1. libvirt: event loop thread, connection (with callbacks), host capabilities, version and quality checks;
 2. the VirtualMachines of this node, listed once (server-side, with the field selector spec.nodeName=<node>;
    all of them, filtered here, when the API server refuses it: kube/node_scope.py); the host-level domain
-   scan (evacuated, orphaned, foreign domains);
+   scan (evacuated, orphaned, foreign domains); the VM watch starts from that listing's resourceVersion
+   (kube/vm_watch.py);
 3. every VM of this node reconciled once (the "resume" pass: interrupted provisioning, stops, starts and
    deletions, guests to resume after a host reboot), with bounded concurrency;
 4. then ready. The periodic full sync and the event pipeline run from then on.
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import gc
 import logging
 import os
@@ -41,10 +43,11 @@ from libvirt_operator.kube.node_scope import (
     selector_refused,
     still_exists,
 )
+from libvirt_operator.kube.vm_watch import VMInformer, WatchSink, vanished
 from libvirt_operator.metrics import Metrics
 from libvirt_operator.pipeline.records import MAX_PENDING_EVENTS, Key, RecordStore
 from libvirt_operator.pipeline.workqueue import WorkQueue
-from libvirt_operator.settings import Settings
+from libvirt_operator.settings import Settings, watch_timeouts
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +165,11 @@ class Runtime:
         self._stopped = False
         # The VM watch and listings are filtered by the API server to this node's VMs, unless it refused.
         self.node_scoped = True
+        server_timeout, client_timeout = watch_timeouts(settings.watch_timeout)
+        self.informer = VMInformer(kube, WatchSink(event=self.observe, relisted=self._relisted),
+                                   namespace=settings.namespace, selector=lambda: self.watch_selector,
+                                   server_timeout=server_timeout, client_timeout=client_timeout,
+                                   on_relist=lambda why: self.metrics.vm_watch_relists.labels(why).inc())
 
     # --- readiness -----------------------------------------------------------------------------------
 
@@ -209,7 +217,7 @@ class Runtime:
         await asyncio.to_thread(self.storage.mark_node, s.node_name)
 
         self._ready_reason = "listing VirtualMachines"
-        vms = await self._list_vms_until_answered()
+        vms, listed_version = await self._list_vms_until_answered()
         for vm in vms:
             self.records.upsert(vm)
         self._ready_reason = "listing VirtualMachineMigrations"
@@ -224,6 +232,7 @@ class Runtime:
             self.queue.add(key)
         self.migrations.start()
         self._startup_done = True
+        self._loops.append(asyncio.create_task(self.informer.run(listed_version), name="vm-watch"))
         self._loops.append(asyncio.create_task(self._sync_loop(), name="full-sync"))
         self._loops.append(asyncio.create_task(self.metrics.watch_loop_lag(collect=self._collect),
                                                name="loop-lag"))
@@ -260,14 +269,14 @@ class Runtime:
 
     @property
     def watch_selector(self) -> str | None:
-        """The field selector of the VM watch (kopf's settings.watching.field_selectors), None: unfiltered."""
+        """The field selector of the VM listings and watch, None: unfiltered."""
         return node_selector(self.settings.node_name) if self.node_scoped else None
 
-    async def _list_vms_until_answered(self) -> list[dict[str, Any]]:
+    async def _list_vms_until_answered(self) -> tuple[list[dict[str, Any]], str]:
         delay = 0.2
         while True:
             try:
-                return await self.kube.list_vms(self.settings.namespace, field_selector=self.watch_selector)
+                return await self.kube.list_vms_at(self.settings.namespace, field_selector=self.watch_selector)
             except KubeError as exc:
                 if self.node_scoped and selector_refused(exc.status, str(exc)):
                     self._fall_back_to_client_side_filtering(str(exc))
@@ -318,7 +327,9 @@ class Runtime:
     # --- inputs ----------------------------------------------------------------------------------------
 
     def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
-        """A watch event from kopf (type None during its initial listing)."""
+        """A watch event (type None: listed again after the watch expired). ``body`` stays the watcher's: a
+        record keeps a copy of its own, taken only when the event is news (not the echo of our own write,
+        most events of a burst)."""
         meta = body.get("metadata", {})
         key: Key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
         node = self.settings.node_name
@@ -332,7 +343,7 @@ class Runtime:
             self.records.forget(key)
             meaning = deleted_meaning(body, node, node_scoped=self.node_scoped)
             if meaning is Deleted.MOVED_AWAY:
-                self._moved_away(dict(body))
+                self._moved_away(copy.deepcopy(dict(body)))
                 return
             if meaning is Deleted.ASK and previous is not None:
                 self.spawn(self._resolve_deleted(key, previous.uid))
@@ -347,10 +358,21 @@ class Runtime:
         if self.records.outdated(body):
             logger.debug("%s/%s: watch event older than the version it left this node's cache at: ignored", *key)
             return
-        record = self.records.upsert(dict(body))
+        record = self.records.upsert(copy.deepcopy(dict(body)))
         if record.node_name == self.settings.node_name or was_mine:
             if self._startup_done:
                 self.queue.add(key)
+
+    def _relisted(self, listed: list[dict[str, Any]]) -> None:
+        """After a relist: the VMs that left the cache unseen (their events expired with the watch's
+        version) are asked about as a DELETED event of theirs would have been (moved or deleted)."""
+        held = {rec.key: rec.uid for rec in self.records}
+        for key in vanished(held, listed):
+            record = self.records.get(key)
+            if record is not None:
+                logger.info("%s/%s is not in the relisted VirtualMachines: moved or deleted while the watch "
+                            "was expired", *key)
+                self.observe("DELETED", record.body)
 
     def observe_migration(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A VirtualMachineMigration watch event (handlers/migration.py)."""

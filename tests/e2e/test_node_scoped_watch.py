@@ -4,13 +4,21 @@ event of another node's VM (a move) or a DELETED one still converges."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import urllib.parse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from libvirt_operator.api.constants import FINALIZER, PLURAL
+from libvirt_operator.kube.client import KubeClient, load_api_client
+from libvirt_operator.kube.node_scope import node_selector
+from libvirt_operator.kube.vm_watch import VMInformer, WatchSink
+from testbed.polling import until
 from tests.e2e.harness import Cluster, Host, RealApi, poll, unique, vm_manifest
 
 
@@ -137,3 +145,45 @@ def test_the_periodic_full_sync_runs_over_this_nodes_vms_only(cluster: Cluster, 
         return bool(re.search(r"full sync: 2 VMs of this node, \d+ domains on the host, 0 drifted",
                               operator.tail(400)))
     poll(synced, timeout=30, what="a full sync over this node's two VMs")
+
+
+def test_the_vm_watch_relists_when_the_api_server_says_its_version_is_too_old(
+        cluster: Cluster, node_name: str) -> None:
+    """The operator's informer (kube/vm_watch.py) on the real kube-apiserver, in this process: asked to watch
+    from resourceVersion 1, long compacted, it gets the watch cache's in-stream 410, relists this node's VMs
+    (not older than that version: from the cache), and watches on from the listing's version."""
+    if not isinstance(cluster.api, RealApi):
+        pytest.skip("the emulator's expiry is tested in tests/unit/test_node_scope.py (a short history)")
+    kubeconfig = str(cluster.api.kubeconfig)
+    listed_first, created_later = unique("listed"), unique("later")
+    cluster.apply(vm_manifest(listed_first, node_name))  # no operator runs for this node: nothing else writes
+    cluster.apply(vm_manifest(unique("theirs"), f"{node_name}-b"))
+    events: list[tuple[str | None, str, str]] = []
+    relisted: list[list[str]] = []
+    reasons: list[str] = []
+
+    def on_event(kind: str | None, body: Mapping[str, Any]) -> None:
+        events.append((kind, body["metadata"]["name"], body["spec"]["nodeName"]))
+
+    async def main() -> None:
+        kube = KubeClient(await load_api_client(kubeconfig))
+        informer = VMInformer(kube, WatchSink(on_event, lambda items: relisted.append(
+            [item["metadata"]["name"] for item in items])), namespace=None,
+            selector=lambda: node_selector(node_name), server_timeout=30, client_timeout=40,
+            on_relist=reasons.append)
+        task = asyncio.create_task(informer.run("1"))
+        try:
+            await until(lambda: relisted, limit=30, what="the relist")
+            await asyncio.to_thread(cluster.apply, vm_manifest(created_later, node_name))
+            await until(lambda: ("ADDED", created_later, node_name) in events, limit=30, what="the later VM's ADDED")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await kube.close()
+
+    asyncio.run(main())
+    print(f"\nrelist reasons {reasons}, listed {relisted}, events {[(k, n) for k, n, _ in events]}")
+    assert reasons == ["expired"] and len(relisted) == 1
+    assert relisted[0] == [listed_first]  # node-scoped: the other node's VM is not listed
+    assert (None, listed_first, node_name) in events
+    assert {node for _kind, _name, node in events} == {node_name}

@@ -148,8 +148,9 @@ class Scope:
         return ""
 
 
-async def _scope(tmp_path: Path, crd: Path) -> AsyncIterator[Scope]:
-    async with KubeEmulator(crd_paths=[crd]) as api:
+async def _scope(tmp_path: Path, crd: Path, *, history_limit: int = 10000,
+                 watch_timeout: float = 300.0) -> AsyncIterator[Scope]:
+    async with KubeEmulator(crd_paths=[crd], history_limit=history_limit) as api:
         kubeconfig = tmp_path / "kubeconfig"
         api.write_kubeconfig(kubeconfig)
         conn = libvirt.open("test:///default")
@@ -158,7 +159,8 @@ async def _scope(tmp_path: Path, crd: Path) -> AsyncIterator[Scope]:
                          "application/json")
         settings = Settings(node_name=NODE, libvirt_uri="test:///default", kubeconfig=str(kubeconfig),
                             image_dir=tmp_path / "images", storage_dir=tmp_path / "disks", shutdown_timeout=0.5,
-                            health_port=0, metrics_port=0, sync_interval=3600, shared_storage="true")
+                            health_port=0, metrics_port=0, sync_interval=3600, shared_storage="true",
+                            watch_timeout=watch_timeout)
         scope.operator = OperatorThread(settings)
         scope.operator.start()
         await until(lambda: scope.operator.ready, what="the operator to be ready")
@@ -173,6 +175,14 @@ async def _scope(tmp_path: Path, crd: Path) -> AsyncIterator[Scope]:
 @pytest.fixture
 async def scoped(tmp_path: Path) -> AsyncIterator[Scope]:
     async for scope in _scope(tmp_path, CRD_PATH):
+        yield scope
+
+
+@pytest.fixture
+async def short_history(tmp_path: Path) -> AsyncIterator[Scope]:
+    """An API server that keeps only the last 10 events (so a watch away for longer expires), and watch
+    requests the server ends after 1 s (so that the operator's watch reconnects within the test)."""
+    async for scope in _scope(tmp_path, CRD_PATH, history_limit=10, watch_timeout=1.0):
         yield scope
 
 
@@ -226,3 +236,33 @@ async def test_a_refused_field_selector_falls_back_to_client_side_filtering_and_
     await until(lambda: unselectable.phase("mine") == "Running", what="mine Running")
     assert watch_events(unselectable.metrics, "other") >= 1  # every VM of the cluster arrives, filtered here
     assert unselectable.phase("theirs") is None
+
+
+def relists(metrics: Metrics) -> int:
+    return int(sum(sample.value for family in metrics.registry.collect() for sample in family.samples
+                   if sample.name == "libvirt_operator_vm_watch_relists_total"))
+
+
+async def test_a_watch_expired_while_away_relists_and_converges_on_what_it_missed(short_history: Scope) -> None:
+    scope = short_history
+    gone_uid = await scope.create("gone", NODE)
+    await until(lambda: scope.phase("gone") == "Running", what="gone Running")
+    # The operator's next watch requests fail (the API server away for it) while a VM of its node is
+    # deleted without it (finalizer removed), another is created, and the history moves on past both.
+    watches = scope.api.requests[("watch", PLURAL)]
+    scope.api.inject_fault(status=503, verb="watch", resource=PLURAL, count=3)
+    await until(lambda: scope.api.requests[("watch", PLURAL)] > watches, what="the watch failing", limit=30)
+    await scope.force_delete("gone")
+    await scope.create("missed", NODE)
+    for i in range(12):
+        await scope.create(f"filler-{i}", OTHER)
+    await until(lambda: relists(scope.metrics) == 1, what="the expired watch relisting", limit=30)
+    await until(lambda: scope.phase("missed") == "Running", what="missed Running (from the relist)")
+    await until(lambda: not scope.domain_exists(gone_uid), what="the domain of the VM deleted meanwhile removed")
+    runtime = scope.operator.runtime
+    assert runtime is not None and runtime.records.get(("default", "gone")) is None
+    assert watch_events(scope.metrics, "other") == 0  # the relist was node-scoped too
+    # and the watch goes on from the relist's version: a VM created now arrives as ever
+    await scope.create("after", NODE)
+    await until(lambda: scope.phase("after") == "Running", what="after Running")
+    assert relists(scope.metrics) == 1

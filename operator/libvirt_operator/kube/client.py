@@ -24,7 +24,7 @@ import logging
 import socket
 import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -71,6 +71,11 @@ async def load_api_client(kubeconfig: str | None, *, connections: int = 16) -> k
     """An API client with at most ``connections`` requests in flight. Call on the loop that will use it."""
     configuration = await load_configuration(kubeconfig)
     configuration.connection_pool_maxsize = connections
+    # Not the environment's proxy settings and ~/.netrc: aiohttp reads both again for every request, each in
+    # a worker thread (two thread hops per status patch, about a tenth of the operator's CPU in an event
+    # burst, profiled). kopf's watch does not read them either (its trust_env is off), so both clients reach
+    # the API server alike; a proxy comes from the kubeconfig (proxy-url).
+    configuration.client_session_kwargs = {"trust_env": False}
     return kubernetes.aio.client.ApiClient(configuration)
 
 
@@ -78,7 +83,6 @@ class KubeClient:
     def __init__(self, api_client: kubernetes.aio.client.ApiClient, *, request_timeout: float = 15.0,
                  component: str = "libvirt-operator") -> None:
         self.api_client = api_client
-        self.custom = kubernetes.aio.client.CustomObjectsApi(api_client)
         self._timeout = request_timeout
         self.component = component
         self.host = socket.gethostname()
@@ -87,27 +91,6 @@ class KubeClient:
     @property
     def connections(self) -> int:
         return int(self.api_client.configuration.connection_pool_maxsize)
-
-    async def _call(self, verb: str, resource: str, request: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
-        """One request; its JSON answer, or ``KubeError`` (the status when the server answered)."""
-        try:
-            response = await request()
-            try:
-                body = await response.read()
-            finally:
-                response.release()
-        except ApiException as exc:  # refused before sending (bad arguments)
-            self._count(verb, resource, False)
-            raise KubeError(f"{verb} {resource}: {exc.status} {exc.reason}", exc.status) from exc
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:  # refused, reset, TLS, timeout
-            self._count(verb, resource, False)
-            raise KubeError(f"{verb} {resource}: {exc!r}") from exc
-        if not 200 <= response.status <= 299:
-            self._count(verb, resource, False)
-            raise KubeError(f"{verb} {resource}: {response.status} {response.reason}: {_message(body)}",
-                            response.status)
-        self._count(verb, resource, True)
-        return _decode(body)
 
     def _count(self, verb: str, resource: str, ok: bool) -> None:
         if self.on_request is not None:
@@ -120,34 +103,54 @@ class KubeClient:
 
     async def list_vms(self, namespace: str | None = None, *,
                        field_selector: str | None = None) -> list[dict[str, Any]]:
-        options: dict[str, Any] = {"field_selector": field_selector} if field_selector else {}
+        return (await self.list_vms_at(namespace, field_selector=field_selector))[0]
 
-        def fn() -> Any:
-            if namespace:
-                return self.custom.list_namespaced_custom_object_without_preload_content(
-                    GROUP, VERSION, namespace, PLURAL, _request_timeout=self._timeout, **options)
-            return self.custom.list_cluster_custom_object_without_preload_content(
-                GROUP, VERSION, PLURAL, _request_timeout=self._timeout, **options)
-        result = await self._call("list", PLURAL, fn)
-        return list(result.get("items") or [])
+    async def list_vms_at(self, namespace: str | None = None, *, field_selector: str | None = None,
+                          resource_version: str | None = None) -> tuple[list[dict[str, Any]], str]:
+        """The VMs and the list's resourceVersion (where a watch of the same VMs starts). Without a
+        ``resource_version`` the list is consistent (served from the watch cache on Kubernetes 1.31+);
+        with one, anything not older than it (``resourceVersionMatch=NotOlderThan``: from the cache)."""
+        query: list[tuple[str, str]] = [("fieldSelector", field_selector)] if field_selector else []
+        if resource_version:
+            query += [("resourceVersion", resource_version), ("resourceVersionMatch", "NotOlderThan")]
+        result = await self._request("list", PLURAL, "GET", _collection(PLURAL, namespace), query=query)
+        return list(result.get("items") or []), str((result.get("metadata") or {}).get("resourceVersion", ""))
+
+    async def watch_vms(self, namespace: str | None, *, resource_version: str, field_selector: str | None,
+                        server_timeout: int, client_timeout: float) -> AsyncGenerator[bytes, None]:
+        """The lines of one watch request of VirtualMachines (one JSON event each, bookmarks allowed),
+        until the server ends it (``server_timeout``), or ``KubeError``; kube/vm_watch.py reads them."""
+        query = [("watch", "true"), ("allowWatchBookmarks", "true"), ("resourceVersion", resource_version),
+                 ("timeoutSeconds", str(server_timeout))]
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
+        response = await self._send("watch", PLURAL, "GET", _collection(PLURAL, namespace), query=query,
+                                    request_timeout=client_timeout)
+        try:
+            if not 200 <= response.status <= 299:
+                body = await response.read()
+                self._count("watch", PLURAL, False)
+                raise KubeError(f"watch {PLURAL}: {response.status} {response.reason}: {_message(body)}",
+                                response.status)
+            self._count("watch", PLURAL, True)
+            try:
+                async for line in response.content:
+                    yield line
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:  # reset, timeout, too long
+                raise KubeError(f"watch {PLURAL}: {exc!r}") from exc
+        finally:
+            response.release()
 
     async def get_vm(self, namespace: str, name: str) -> dict[str, Any]:
-        get = self.custom.get_namespaced_custom_object_without_preload_content
-        return await self._call("get", PLURAL, lambda: get(
-            GROUP, VERSION, namespace, PLURAL, name, _request_timeout=self._timeout))
+        return await self._request("get", PLURAL, "GET", _item(PLURAL, namespace, name))
 
     async def patch_vm_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
-        body = {"status": dict(status)}
-        patch = self.custom.patch_namespaced_custom_object_status_without_preload_content
-        return await self._call("patch", f"{PLURAL}/status", lambda: patch(
-            GROUP, VERSION, namespace, PLURAL, name, body, _content_type=MERGE,
-            _request_timeout=self._timeout))
+        return await self._request("patch", f"{PLURAL}/status", "PATCH", _item(PLURAL, namespace, name) + "/status",
+                                   body={"status": dict(status)}, content_type=MERGE)
 
     async def json_patch_vm(self, namespace: str, name: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
-        patch = self.custom.patch_namespaced_custom_object_without_preload_content
-        return await self._call("patch", PLURAL, lambda: patch(
-            GROUP, VERSION, namespace, PLURAL, name, ops, _content_type=JSON_PATCH,
-            _request_timeout=self._timeout))
+        return await self._request("patch", PLURAL, "PATCH", _item(PLURAL, namespace, name), body=ops,
+                                   content_type=JSON_PATCH)
 
     async def add_finalizer(self, vm: Mapping[str, Any], finalizer: str) -> dict[str, Any]:
         meta = vm["metadata"]
@@ -179,15 +182,9 @@ class KubeClient:
     # --- VirtualMachineMigrations ---------------------------------------------------------------
 
     async def list_migrations(self, namespace: str | None = None, *, limit: int | None = None) -> list[dict[str, Any]]:
-        options: dict[str, Any] = {"limit": limit} if limit else {}
-
-        def fn() -> Any:
-            if namespace:
-                return self.custom.list_namespaced_custom_object_without_preload_content(
-                    GROUP, VERSION, namespace, MIGRATION_PLURAL, _request_timeout=self._timeout, **options)
-            return self.custom.list_cluster_custom_object_without_preload_content(
-                GROUP, VERSION, MIGRATION_PLURAL, _request_timeout=self._timeout, **options)
-        result = await self._call("list", MIGRATION_PLURAL, fn)
+        query = [("limit", str(limit))] if limit else []
+        result = await self._request("list", MIGRATION_PLURAL, "GET", _collection(MIGRATION_PLURAL, namespace),
+                                     query=query)
         return list(result.get("items") or [])
 
     async def may_watch_migrations(self, namespace: str | None = None) -> bool:
@@ -201,11 +198,9 @@ class KubeClient:
 
     async def patch_migration_status(self, namespace: str, name: str,
                                      status: Mapping[str, Any]) -> dict[str, Any]:
-        body = {"status": dict(status)}
-        patch = self.custom.patch_namespaced_custom_object_status_without_preload_content
-        return await self._call("patch", f"{MIGRATION_PLURAL}/status", lambda: patch(
-            GROUP, VERSION, namespace, MIGRATION_PLURAL, name, body, _content_type=MERGE,
-            _request_timeout=self._timeout))
+        return await self._request("patch", f"{MIGRATION_PLURAL}/status", "PATCH",
+                                   _item(MIGRATION_PLURAL, namespace, name) + "/status",
+                                   body={"status": dict(status)}, content_type=MERGE)
 
     # --- Events ----------------------------------------------------------------------------------
 
@@ -235,44 +230,82 @@ class KubeClient:
             "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "count": 1,
         }
-        await self._core("create", "events", "POST", f"/api/v1/namespaces/{_q(namespace)}/events", body=body)
+        await self._request("create", "events", "POST", f"/api/v1/namespaces/{_q(namespace)}/events", body=body)
 
     # --- Nodes -----------------------------------------------------------------------------------
 
     async def get_secret_data(self, namespace: str, name: str) -> dict[str, bytes]:
         """A Secret's data, decoded (get only: the chart grants no list or watch on Secrets)."""
-        body = await self._core("get", "secrets", "GET", f"/api/v1/namespaces/{_q(namespace)}/secrets/{_q(name)}")
+        body = await self._request("get", "secrets", "GET", f"/api/v1/namespaces/{_q(namespace)}/secrets/{_q(name)}")
         data = body.get("data") or {}
         return {str(k): base64.b64decode(v) for k, v in data.items() if isinstance(v, str)}
 
     async def get_node(self, name: str) -> dict[str, Any]:
-        return await self._core("get", "nodes", "GET", f"/api/v1/nodes/{_q(name)}")
+        return await self._request("get", "nodes", "GET", f"/api/v1/nodes/{_q(name)}")
 
     async def patch_node(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
-        return await self._core("patch", "nodes", "PATCH", f"/api/v1/nodes/{_q(name)}", body=dict(patch),
+        return await self._request("patch", "nodes", "PATCH", f"/api/v1/nodes/{_q(name)}", body=dict(patch),
                                 content_type=STRATEGIC)
 
     async def patch_node_status(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
-        return await self._core("patch", "nodes/status", "PATCH", f"/api/v1/nodes/{_q(name)}/status",
+        return await self._request("patch", "nodes/status", "PATCH", f"/api/v1/nodes/{_q(name)}/status",
                                 body=dict(patch), content_type=STRATEGIC)
 
-    async def _core(self, verb: str, resource: str, method: str, path: str, *, body: Any = None,
-                    content_type: str | None = None) -> dict[str, Any]:
-        """A core API (/api/v1) request through the client's own request path (authentication, TLS, the
-        pool), without its generated CoreV1Api: importing that module loads about 250 pydantic models at
-        once, 25 MiB of RSS (measured) for the five calls made here."""
+    async def _request(self, verb: str, resource: str, method: str, path: str, *,
+                       query: list[tuple[str, str]] | None = None, body: Any = None,
+                       content_type: str | None = None) -> dict[str, Any]:
+        """One request and its JSON answer, or ``KubeError`` (with the HTTP status when the server answered)."""
+        try:
+            response = await self._send(verb, resource, method, path, query=query, body=body,
+                                        content_type=content_type)
+            try:
+                answer = await response.read()
+            finally:
+                response.release()
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:  # refused, reset, TLS, timeout
+            self._count(verb, resource, False)
+            raise KubeError(f"{verb} {resource}: {exc!r}") from exc
+        if not 200 <= response.status <= 299:
+            self._count(verb, resource, False)
+            raise KubeError(f"{verb} {resource}: {response.status} {response.reason}: {_message(answer)}",
+                            response.status)
+        self._count(verb, resource, True)
+        return _decode(answer)
+
+    async def _send(self, verb: str, resource: str, method: str, path: str, *,
+                    query: list[tuple[str, str]] | None = None, body: Any = None, content_type: str | None = None,
+                    request_timeout: float | None = None) -> aiohttp.ClientResponse:
+        """A request through the client's own request path (authentication, TLS, the pool), without its
+        generated API classes: those validate every argument with pydantic (about a tenth of a status
+        patch's CPU on the operator's side, profiled) and CoreV1Api loads about 250 models at import, 25 MiB
+        of RSS (measured) for the five core calls made here. The response is unread: the caller reads it."""
         headers = {"Accept": "application/json"}
         if content_type is not None:
             headers["Content-Type"] = content_type
         elif body is not None:
             headers["Content-Type"] = "application/json"
+        try:
+            params = await self.api_client.param_serialize(method=method, resource_path=path, query_params=query,
+                                                           header_params=headers, body=body,
+                                                           auth_settings=["BearerToken"])
+            sent = await self.api_client.call_api(*params, _request_timeout=request_timeout or self._timeout)
+        except ApiException as exc:  # refused before sending (bad arguments)
+            self._count(verb, resource, False)
+            raise KubeError(f"{verb} {resource}: {exc.status} {exc.reason}", exc.status) from exc
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            self._count(verb, resource, False)
+            raise KubeError(f"{verb} {resource}: {exc!r}") from exc
+        response: aiohttp.ClientResponse = sent.response
+        return response
 
-        async def request() -> Any:
-            params = await self.api_client.param_serialize(method=method, resource_path=path, header_params=headers,
-                                                           body=body, auth_settings=["BearerToken"])
-            sent = await self.api_client.call_api(*params, _request_timeout=self._timeout, _preload_content=False)
-            return sent.response
-        return await self._call(verb, resource, request)
+
+def _collection(plural: str, namespace: str | None) -> str:
+    prefix = f"/apis/{GROUP}/{VERSION}"
+    return f"{prefix}/namespaces/{_q(namespace)}/{plural}" if namespace else f"{prefix}/{plural}"
+
+
+def _item(plural: str, namespace: str, name: str) -> str:
+    return f"{_collection(plural, namespace)}/{_q(name)}"
 
 
 def _q(segment: str) -> str:

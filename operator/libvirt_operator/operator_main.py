@@ -1,10 +1,11 @@
 """Running the operator process: API client, runtime, health endpoints, then kopf until a signal.
 
-kopf stops the whole operator when one of its watch streams fails on an API answer it does not retry
-(an HTTP 410 Gone or a 4xx to the watch request itself; it handles 410 only as an in-stream event). One
-such answer from the API server or a proxy would then end every node's operator at once. Here kopf is
-run again instead, in the same process, with a fresh runtime that redoes the start-up reconciliation
-(the same as a pod restart, without losing the process); the backoff doubles up to a minute.
+kopf stops the whole operator when its watch stream (VirtualMachineMigrations; the VM watch is the runtime's
+own, kube/vm_watch.py) fails on an API answer it does not retry (an HTTP 410 Gone or a 4xx to the watch
+request itself; it handles 410 only as an in-stream event). One such answer from the API server or a proxy
+would then end every node's operator at once. Here kopf is run again instead, in the same process, with a
+fresh runtime that redoes the start-up reconciliation (the same as a pod restart, without losing the
+process); the backoff doubles up to a minute.
 
 SIGTERM and SIGINT set the operator's own stop flag: kopf is run as its two public halves (spawn_tasks,
 which installs kopf's signal handlers, then run_tasks) and ours replace kopf's in between. kopf's handlers
@@ -47,8 +48,9 @@ async def run_operator(settings: Settings, *, stop_flag: asyncio.Event | None = 
 
     ``on_runtime`` is called with each runtime: the first, and the fresh one of every kopf restart.
     """
-    # One connection per worker: every worker can have its status patch in flight at once.
-    kube = KubeClient(await load_api_client(settings.kubeconfig, connections=settings.workers))
+    # One connection per worker (every worker can have its status patch in flight at once), and the VM
+    # watch's, which holds one for as long as it runs.
+    kube = KubeClient(await load_api_client(settings.kubeconfig, connections=settings.workers + 1))
     metrics = Metrics()
     stop = stop_flag if stop_flag is not None else asyncio.Event()
     current: list[Runtime] = []

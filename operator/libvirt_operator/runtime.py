@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import gc
 import logging
 import os
@@ -327,9 +326,8 @@ class Runtime:
     # --- inputs ----------------------------------------------------------------------------------------
 
     def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
-        """A watch event (type None: listed again after the watch expired). ``body`` stays the watcher's: a
-        record keeps a copy of its own, taken only when the event is news (not the echo of our own write,
-        most events of a burst)."""
+        """A watch event (type None: listed again after the watch expired); ``body`` is the informer's own
+        decoded object, which a record keeps as it is."""
         meta = body.get("metadata", {})
         key: Key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
         node = self.settings.node_name
@@ -343,7 +341,7 @@ class Runtime:
             self.records.forget(key)
             meaning = deleted_meaning(body, node, node_scoped=self.node_scoped)
             if meaning is Deleted.MOVED_AWAY:
-                self._moved_away(copy.deepcopy(dict(body)))
+                self._moved_away(dict(body))
                 return
             if meaning is Deleted.ASK and previous is not None:
                 self.spawn(self._resolve_deleted(key, previous.uid))
@@ -358,7 +356,7 @@ class Runtime:
         if self.records.outdated(body):
             logger.debug("%s/%s: watch event older than the version it left this node's cache at: ignored", *key)
             return
-        record = self.records.upsert(copy.deepcopy(dict(body)))
+        record = self.records.upsert(dict(body))
         if record.node_name == self.settings.node_name or was_mine:
             if self._startup_done:
                 self.queue.add(key)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import signal
 import subprocess
 import threading
@@ -27,7 +28,15 @@ import libvirt
 import pytest
 
 from kube_emulator import KubeEmulator
-from libvirt_operator.api.constants import CRD_PATH, FINALIZER, GROUP, PLURAL, RETRY_ANNOTATION, VERSION
+from libvirt_operator.api.constants import (
+    CRD_PATH,
+    FINALIZER,
+    GROUP,
+    MIGRATION_PLURAL,
+    PLURAL,
+    RETRY_ANNOTATION,
+    VERSION,
+)
 from testbed.hosts import ensure_libvirtd, live_libvirtd_pids
 from tests.conftest import wait_for as poll
 from tests.e2e.harness import (
@@ -378,17 +387,42 @@ def test_changes_made_while_the_watch_connection_is_broken_are_not_lost(
     assert cluster.api.requests().get(("watch", "virtualmachines"), 0) > watches, "the watch was not re-opened"
 
 
-def test_a_410_gone_answer_to_a_watch_request_does_not_stop_the_operator(
+def test_a_410_gone_answer_to_the_vm_watch_request_relists_without_a_restart(
         cluster: Cluster, host: Host, make_operator: Any, node_name: str) -> None:
-    # kopf stops on an HTTP 410 to the watch request itself; the operator runs kopf again in-process.
+    # The operator's VM informer takes an HTTP 410 to the watch request itself (a proxy's answer for an
+    # expired version) as the watch cache's in-stream 410: it relists and watches on, nothing restarts.
     operator = make_operator(node_name)
     before = unique("before410")
     cluster.apply(vm_manifest(before, node_name))
     cluster.wait_phase(before, "Running")
     qemu = host.qemu_pid(f"default_{before}")
-    watches = cluster.api.requests().get(("watch", "virtualmachines"), 0)
+    lists = cluster.api.requests().get(("list", "virtualmachines"), 0)
     cluster.api.inject_fault(status=410, verb="watch", resource="virtualmachines", count=1)
     _reset_api_connections(cluster.api.port)  # the watch is re-opened at once, and answered 410
+    poll(lambda: operator.metric("libvirt_operator_vm_watch_relists_total", reason="expired") >= 1, timeout=60,
+         what="the VM watch to relist")
+    poll(lambda: cluster.api.requests().get(("list", "virtualmachines"), 0) > lists, timeout=30,
+         what="the relist's request")
+    name = unique("after410")
+    cluster.apply(vm_manifest(name, node_name))
+    cluster.wait_phase(name, "Running")
+    assert operator.proc is not None and operator.proc.poll() is None, operator.tail(20)
+    assert _kopf_restarts(operator) == 0
+    assert host.qemu_pid(f"default_{before}") == qemu  # the guest that already ran was left alone
+    assert cluster.status(before)["phase"] == "Running"
+
+
+def test_a_410_gone_answer_to_kopfs_migration_watch_does_not_stop_the_operator(
+        cluster: Cluster, host: Host, make_operator: Any, node_name: str) -> None:
+    # kopf (the VirtualMachineMigration watch) stops on an HTTP 410 to the watch request itself; the
+    # operator runs kopf again in-process, with a fresh runtime.
+    operator = make_operator(node_name)
+    before = unique("before410")
+    cluster.apply(vm_manifest(before, node_name))
+    cluster.wait_phase(before, "Running")
+    qemu = host.qemu_pid(f"default_{before}")
+    cluster.api.inject_fault(status=410, verb="watch", resource=MIGRATION_PLURAL, count=1)
+    _reset_api_connections(cluster.api.port)  # the watches are re-opened at once, kopf's answered 410
     poll(lambda: _kopf_restarts(operator) >= 1, timeout=60, what="kopf to be run again")
     name = unique("after410")
     cluster.apply(vm_manifest(name, node_name))
@@ -397,12 +431,6 @@ def test_a_410_gone_answer_to_a_watch_request_does_not_stop_the_operator(
          timeout=60, what=f"{name} to run, or the operator to exit")
     assert operator.proc.poll() is None, f"the operator exited:\n{operator.tail(20)}"
     assert cluster.status(name)["phase"] == "Running"
-    # A VM applied before the new run's start-up scan is brought up by that scan, before kopf opens its
-    # watch: wait for the watch instead of expecting it to be open already. The emulator counts the watch
-    # it answered 410 too; on the real server the proxy answered it, so the server never saw it.
-    answered_410 = 1 if cluster.api.kind == "emulator" else 0
-    poll(lambda: cluster.api.requests().get(("watch", "virtualmachines"), 0) > watches + answered_410,
-         timeout=60, what="a new watch after the 410")
     # The runtime was rebuilt, the guest that already ran was left alone.
     assert host.qemu_pid(f"default_{before}") == qemu
     assert cluster.status(before)["phase"] == "Running"
@@ -478,8 +506,9 @@ def test_a_watch_resumed_after_compaction_gets_410_and_the_operator_relists_and_
                 cluster.custom.patch_namespaced_custom_object(
                     GROUP, VERSION, "default", PLURAL, elsewhere, {"metadata": {"annotations": {"n": str(i)}}})
         cluster.wait_phase(created, "Running")
-        assert api.requests().get(("list", "virtualmachines"), 0) > lists, "kopf did not list again"
-        assert "Restarting the watch-stream" in operator.tail(2000)
+        assert api.requests().get(("list", "virtualmachines"), 0) > lists, "the operator did not list again"
+        assert re.search(r"VirtualMachine watch from resourceVersion \d+: expired .*; relisting", operator.tail(2000))
+        assert operator.metric("libvirt_operator_vm_watch_relists_total", reason="expired") >= 1
         assert cluster.status(running)["phase"] == "Running"
         assert operator.proc is not None and operator.proc.poll() is None
     finally:

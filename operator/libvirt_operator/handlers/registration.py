@@ -10,15 +10,12 @@
   VM): handlers/migration.py;
 - ``on.cleanup``: lets in-flight operations finish, then closes libvirt.
 
-No diff-base: with no change-detection handler registered, kopf would still build one per watch event (a
-deepcopy of the body, then a cleaned copy of that), about a fifth of the loop's CPU per status echo in an
-event burst (profiled). ``NoDiffBase``, kopf's own extension point for what an object's essence is, says
-it has none.
-
-Why ``on.event`` rather than kopf's change-detection handlers (on.create/update/resume): those persist a
-diff-base and progress annotations on every object, two extra API writes per VM per change. The level-
-triggered reconciler (KubeVirt's virt-handler model) needs neither, which keeps creation to Running at
-three writes (finalizer, Provisioning, Running).
+Why no kopf change-detection handlers (on.create/update/resume): those persist a diff-base and progress
+annotations on every object, two extra API writes per VM per change. The level-triggered reconciler
+(KubeVirt's virt-handler model) needs neither, which keeps creation to Running at three writes (finalizer,
+Provisioning, Running). With none registered, kopf would still build a diff-base for every watch event of
+the migrations (a deepcopy of the body): ``NoDiffBase``, kopf's own extension point for what an object's
+essence is, says it has none.
 """
 
 from __future__ import annotations

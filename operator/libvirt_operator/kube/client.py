@@ -88,10 +88,6 @@ class KubeClient:
         self.host = socket.gethostname()
         self.on_request: Callable[[str, str, bool], None] | None = None  # metrics hook: verb, resource, ok
 
-    @property
-    def connections(self) -> int:
-        return int(self.api_client.configuration.connection_pool_maxsize)
-
     def _count(self, verb: str, resource: str, ok: bool) -> None:
         if self.on_request is not None:
             self.on_request(verb, resource, ok)

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -106,21 +107,33 @@ class VMInformer:
         """Forever (cancel to stop), from the version of the listing the caller already holds."""
         self.resource_version = resource_version
         delay = BACKOFF[0]
+        expired_last = False
         while True:
             try:
+                began = time.monotonic()
                 await self._watch_once()
-                delay = BACKOFF[0]
+                expired_last = False
+                if time.monotonic() - began < BACKOFF[0]:  # ended at once: a server or proxy not streaming
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, BACKOFF[1])
+                else:
+                    delay = BACKOFF[0]
             except Expired as exc:
                 logger.info("VirtualMachine watch from resourceVersion %s: expired (%s); relisting",
                             self.resource_version, exc)
                 if self.on_relist is not None:
                     self.on_relist("expired")
+                if expired_last:  # expired again at once (a proxy answering every watch 410): back off
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, BACKOFF[1])
                 try:
                     await self._relist(consistent=False)
                 except Expired:
                     await self._relist(consistent=True)  # not even the watch cache has it: a consistent list
-                delay = BACKOFF[0]
+                expired_last = True
+                continue
             except KubeError as exc:
+                expired_last = False
                 logger.warning("VirtualMachine watch failed (%s); resuming from resourceVersion %s in %.1fs",
                                exc, self.resource_version, delay)
                 await asyncio.sleep(delay)

@@ -178,17 +178,15 @@ class PhaseApi:
             return []
         user, kind = self.plane.user, resource.split("/")
         needle, spans = user.encode(), []
-        with open(self.plane.audit_log, "rb") as log:
-            log.seek(since)
-            for line in log:
-                if needle not in line or not line.endswith(b"\n"):
-                    continue
-                entry = json.loads(line)
-                ref = entry.get("objectRef") or {}
-                if ((entry.get("user") or {}).get("username") == user and entry.get("verb") == verb
-                        and entry.get("stage") == "ResponseComplete"
-                        and [ref.get("resource"), *([ref["subresource"]] if ref.get("subresource") else [])] == kind):
-                    spans.append((_timestamp(entry["requestReceivedTimestamp"]), _timestamp(entry["stageTimestamp"])))
+        for line, _end in self.plane.audit_lines(since):
+            if needle not in line:
+                continue
+            entry = json.loads(line)
+            ref = entry.get("objectRef") or {}
+            if ((entry.get("user") or {}).get("username") == user and entry.get("verb") == verb
+                    and entry.get("stage") == "ResponseComplete"
+                    and [ref.get("resource"), *([ref["subresource"]] if ref.get("subresource") else [])] == kind):
+                spans.append((_timestamp(entry["requestReceivedTimestamp"]), _timestamp(entry["stageTimestamp"])))
         return spans
 
     def request_bytes(self, verb: str, resource: str = PLURAL) -> tuple[float, float] | None:

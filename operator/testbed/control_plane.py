@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,10 +131,40 @@ class ControlPlane:
         return path
 
     def audit_offset(self) -> int:
-        try:
-            return self.audit_log.stat().st_size
-        except FileNotFoundError:
-            return 0
+        """The audit log's end, as a position across its rotated files and the current one (see
+        `audit_lines`): kube-apiserver renames audit.log to audit-<time>.log every 100 MB (its
+        `--audit-log-maxsize 0` is lumberjack's default), which a full benchmark run passes."""
+        return sum(size for _path, size in self._audit_files())
+
+    def _audit_files(self) -> list[tuple[Path, int]]:
+        """The rotated files oldest first (their names sort by time), then audit.log; with their sizes."""
+        logs = self.audit_log.parent
+        files = [*sorted(logs.glob("audit-*.log")), self.audit_log]
+        sized = []
+        for path in files:
+            try:
+                sized.append((path, path.stat().st_size))
+            except FileNotFoundError:
+                continue
+        return sized
+
+    def audit_lines(self, offset: int) -> Iterator[tuple[bytes, int]]:
+        """The complete lines after position ``offset`` (of `audit_offset`), each with the position after it.
+        Rotated files never change, so a position stays valid across a rotation."""
+        base = 0
+        for path, size in self._audit_files():
+            if offset >= base + size and path != self.audit_log:
+                base += size
+                continue
+            with open(path, "rb") as log:
+                log.seek(max(offset - base, 0))
+                position = base + max(offset - base, 0)
+                for line in log:
+                    if not line.endswith(b"\n"):
+                        return  # an entry still being written
+                    position += len(line)
+                    yield line, position
+            base += size
 
     def requests_since(self, offset: int, user: str | None = None) -> Counter[tuple[str, str]]:
         """Requests per (verb, resource[/subresource]) of one user, from the audit log after ``offset``."""
@@ -153,48 +184,41 @@ class ControlPlane:
     def read_audit(self, offset: int, user: str, seen: dict[str, tuple[tuple[str, str], int]]) -> int:
         """Adds one user's entries after ``offset`` to ``seen`` (see `_audited`); returns the offset after the
         last complete entry, from where the next call goes on (a reader polling often parses each line once)."""
-        needle = user.encode()
-        with open(self.audit_log, "rb") as log:
-            log.seek(offset)
-            for line in log:
-                if not line.endswith(b"\n"):
-                    break  # an entry still being written
-                offset += len(line)
-                if needle not in line:  # most lines are other users': skipped without parsing them
-                    continue
-                try:
-                    entry: dict[str, Any] = json.loads(line)
-                except ValueError:
-                    continue
-                if (entry.get("user") or {}).get("username") != user:
-                    continue
-                ref = entry.get("objectRef") or {}
-                if not ref.get("resource"):
-                    continue
-                resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
-                code = int((entry.get("responseStatus") or {}).get("code") or 0)
-                seen[str(entry.get("auditID"))] = ((str(entry.get("verb")), resource), code)
-        return offset
+        needle, end = user.encode(), offset
+        for line, end in self.audit_lines(offset):  # noqa: B007 (the last end is returned)
+            if needle not in line:  # most lines are other users': skipped without parsing them
+                continue
+            try:
+                entry: dict[str, Any] = json.loads(line)
+            except ValueError:
+                continue
+            if (entry.get("user") or {}).get("username") != user:
+                continue
+            ref = entry.get("objectRef") or {}
+            if not ref.get("resource"):
+                continue
+            resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+            code = int((entry.get("responseStatus") or {}).get("code") or 0)
+            seen[str(entry.get("auditID"))] = ((str(entry.get("verb")), resource), code)
+        return end
 
     def request_uris_since(self, offset: int, user: str | None = None) -> list[tuple[str, str, str]]:
         """(verb, resource, requestURI) of one user's resource requests in the audit log after ``offset``
         (one per request: the stages of a request share its auditID)."""
         needle = (user or self.user).encode()
         found: dict[str, tuple[str, str, str]] = {}
-        with open(self.audit_log, "rb") as log:
-            log.seek(offset)
-            for line in log:
-                if not line.endswith(b"\n") or needle not in line:
-                    continue
-                try:
-                    entry: dict[str, Any] = json.loads(line)
-                except ValueError:
-                    continue
-                ref = entry.get("objectRef") or {}
-                if (entry.get("user") or {}).get("username") != (user or self.user) or not ref.get("resource"):
-                    continue
-                found[str(entry.get("auditID"))] = (str(entry.get("verb")), str(ref["resource"]),
-                                                    str(entry.get("requestURI", "")))
+        for line, _end in self.audit_lines(offset):
+            if needle not in line:
+                continue
+            try:
+                entry: dict[str, Any] = json.loads(line)
+            except ValueError:
+                continue
+            ref = entry.get("objectRef") or {}
+            if (entry.get("user") or {}).get("username") != (user or self.user) or not ref.get("resource"):
+                continue
+            found[str(entry.get("auditID"))] = (str(entry.get("verb")), str(ref["resource"]),
+                                                str(entry.get("requestURI", "")))
         return list(found.values())
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import libvirt
@@ -22,6 +23,7 @@ from benchmarks.scale import mean_request_bytes
 from libvirt_operator.api.migration import StorageMode
 from libvirt_operator.api.status import event_time
 from libvirt_operator.hypervisor.migration import migration_flags
+from testbed.control_plane import ControlPlane
 from tests.conftest import REPO
 from tests.unit.test_crd import validate
 
@@ -177,3 +179,19 @@ def test_the_migration_keys_are_p50s_their_ratio_and_the_downtimes() -> None:
     assert (keys["migration_downtime_operator_ms"], keys["migration_downtime_virsh_ms"]) == (50, 25)
     assert (keys["migration_guest_mib"], keys["migration_count"], keys["migration_virsh_max_s"]) == (512, 3, 4.0)
     assert "operator p50 2 s" in migration_line(keys) and "2x" in migration_line(keys)
+
+
+def test_audit_positions_stay_valid_when_the_api_server_rotates_its_audit_log(tmp_path: Path) -> None:
+    plane = ControlPlane(tmp_path)
+    logs = plane.audit_log.parent
+    logs.mkdir(parents=True)
+    plane.audit_log.write_bytes(b"a1\na2\n")
+    start = plane.audit_offset()
+    with plane.audit_log.open("ab") as log:
+        log.write(b"b1\nb2\n")
+    plane.audit_log.rename(logs / "audit-2026-12-02T02-39-31.617.log")  # what kube-apiserver does at 100 MB
+    plane.audit_log.write_bytes(b"c1\nc2 still being writ")
+    lines = list(plane.audit_lines(start))
+    assert [line for line, _end in lines] == [b"b1\n", b"b2\n", b"c1\n"]
+    assert [line for line, _end in plane.audit_lines(lines[1][1])] == [b"c1\n"]  # resumed from a position
+    assert plane.audit_offset() == len(b"a1\na2\nb1\nb2\nc1\nc2 still being writ")

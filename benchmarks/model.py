@@ -9,7 +9,7 @@ What it models, per node and at the API server, with the node-scoped watch (the 
 - status writes: every lifecycle change of a VM is one status patch (``api_writes_per_event``);
 - watch fan-out: the API server sends each change to every watcher whose selector matches it: with the
   selector only the VM's own node, without it every node;
-- the start-up list: kopf lists once per watch start (then watches from that resourceVersion through
+- the start-up list: the operator lists once at start-up (then watches from that resourceVersion through
   reconnects; only a 410 lists again): a node's own VMs with the selector, every VM without;
 - memory: the operator's RSS per cached VM from the memory run, times the VMs it would cache.
 """
@@ -78,7 +78,7 @@ def model(results: dict[str, Any], work: Workload) -> list[Row]:
         Row("watch bytes/s the API server sends", _size(writes * obj) + "/s",
             _size(writes * obj * work.nodes) + "/s", f"{obj} B per object"),
         Row("start-up list of one operator", f"{work.vms_per_node:,} objects, {_size(work.vms_per_node * obj)}",
-            f"{vms:,} objects, {_size(vms * obj)}", "kopf lists once per watch start"),
+            f"{vms:,} objects, {_size(vms * obj)}", "once at start-up, then watched (relisted after a 410)"),
         Row("all nodes restarted (DaemonSet rollout): listed", _size(work.nodes * work.vms_per_node * obj),
             _size(work.nodes * vms * obj), "every operator's start-up list"),
         Row("operator RSS", f"{empty + work.vms_per_node * per_vm_mib:.0f} MiB",

@@ -391,14 +391,7 @@ def test_a_410_gone_answer_to_the_vm_watch_request_relists_without_a_restart(
         cluster: Cluster, host: Host, make_operator: Any, node_name: str) -> None:
     # The operator's VM informer takes an HTTP 410 to the watch request itself (a proxy's answer for an
     # expired version) as the watch cache's in-stream 410: it relists and watches on, nothing restarts.
-    operator = make_operator(node_name)
-    before = unique("before410")
-    cluster.apply(vm_manifest(before, node_name))
-    cluster.wait_phase(before, "Running")
-    qemu = host.qemu_pid(f"default_{before}")
-    lists = cluster.api.requests().get(("list", "virtualmachines"), 0)
-    cluster.api.inject_fault(status=410, verb="watch", resource="virtualmachines", count=1)
-    _reset_api_connections(cluster.api.port)  # the watch is re-opened at once, and answered 410
+    operator, before, qemu, lists = _410_to_a_watch(cluster, host, make_operator, node_name, PLURAL)
     poll(lambda: operator.metric("libvirt_operator_vm_watch_relists_total", reason="expired") >= 1, timeout=60,
          what="the VM watch to relist")
     poll(lambda: cluster.api.requests().get(("list", "virtualmachines"), 0) > lists, timeout=30,
@@ -416,13 +409,7 @@ def test_a_410_gone_answer_to_kopfs_migration_watch_does_not_stop_the_operator(
         cluster: Cluster, host: Host, make_operator: Any, node_name: str) -> None:
     # kopf (the VirtualMachineMigration watch) stops on an HTTP 410 to the watch request itself; the
     # operator runs kopf again in-process, with a fresh runtime.
-    operator = make_operator(node_name)
-    before = unique("before410")
-    cluster.apply(vm_manifest(before, node_name))
-    cluster.wait_phase(before, "Running")
-    qemu = host.qemu_pid(f"default_{before}")
-    cluster.api.inject_fault(status=410, verb="watch", resource=MIGRATION_PLURAL, count=1)
-    _reset_api_connections(cluster.api.port)  # the watches are re-opened at once, kopf's answered 410
+    operator, before, qemu, _lists = _410_to_a_watch(cluster, host, make_operator, node_name, MIGRATION_PLURAL)
     poll(lambda: _kopf_restarts(operator) >= 1, timeout=60, what="kopf to be run again")
     name = unique("after410")
     cluster.apply(vm_manifest(name, node_name))
@@ -434,6 +421,22 @@ def test_a_410_gone_answer_to_kopfs_migration_watch_does_not_stop_the_operator(
     # The runtime was rebuilt, the guest that already ran was left alone.
     assert host.qemu_pid(f"default_{before}") == qemu
     assert cluster.status(before)["phase"] == "Running"
+
+
+def _410_to_a_watch(cluster: Cluster, host: Host, make_operator: Any, node_name: str,
+                    resource: str) -> tuple[Any, str, int, int]:
+    """An operator with a running guest, then its next watch request of ``resource`` answered HTTP 410 (the
+    watches re-opened at once: every API connection reset). (operator, the guest's VM, its QEMU pid, the VM
+    lists made before.)"""
+    operator = make_operator(node_name)
+    before = unique("before410")
+    cluster.apply(vm_manifest(before, node_name))
+    cluster.wait_phase(before, "Running")
+    qemu = host.qemu_pid(f"default_{before}")
+    lists = cluster.api.requests().get(("list", PLURAL), 0)
+    cluster.api.inject_fault(status=410, verb="watch", resource=resource, count=1)
+    _reset_api_connections(cluster.api.port)
+    return operator, before, qemu, lists
 
 
 def _kopf_restarts(operator: Any) -> float:

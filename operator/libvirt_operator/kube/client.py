@@ -9,10 +9,11 @@ wait for a free connection (the pool's limit, not a queue of our own). Errors le
 the HTTP status, so callers can tell a conflict (409) or a vanished object (404) from an outage (retry
 with backoff).
 
-Every answer is read as plain JSON (the ``*_without_preload_content`` calls), never through the client's
-models: those (pydantic) refuse objects the API server accepts, e.g. a Node without a kubelet, whose
-``status.nodeInfo`` is empty or partial (a write that landed then looked like a failure and was retried
-forever). Plain JSON is also what the callers work with. Those calls check no status: ``_call`` does.
+Every request goes through the client's own request path (``_send``: its authentication, TLS and pool),
+and every answer is read as plain JSON, never through the client's models: those (pydantic) refuse objects
+the API server accepts, e.g. a Node without a kubelet, whose ``status.nodeInfo`` is empty or partial (a
+write that landed then looked like a failure and was retried forever). Plain JSON is also what the callers
+work with. ``_request`` checks the status; ``watch_vms`` does the same for its stream.
 """
 
 from __future__ import annotations
@@ -97,10 +98,6 @@ class KubeClient:
 
     # --- VirtualMachines -------------------------------------------------------------------------
 
-    async def list_vms(self, namespace: str | None = None, *,
-                       field_selector: str | None = None) -> list[dict[str, Any]]:
-        return (await self.list_vms_at(namespace, field_selector=field_selector))[0]
-
     async def list_vms_at(self, namespace: str | None = None, *, field_selector: str | None = None,
                           resource_version: str | None = None) -> tuple[list[dict[str, Any]], str]:
         """The VMs and the list's resourceVersion (where a watch of the same VMs starts). Without a
@@ -124,10 +121,7 @@ class KubeClient:
                                     request_timeout=client_timeout)
         try:
             if not 200 <= response.status <= 299:
-                body = await response.read()
-                self._count("watch", PLURAL, False)
-                raise KubeError(f"watch {PLURAL}: {response.status} {response.reason}: {_message(body)}",
-                                response.status)
+                raise self._refused("watch", PLURAL, response, await response.read())
             self._count("watch", PLURAL, True)
             try:
                 async for line in response.content:
@@ -262,11 +256,15 @@ class KubeClient:
             self._count(verb, resource, False)
             raise KubeError(f"{verb} {resource}: {exc!r}") from exc
         if not 200 <= response.status <= 299:
-            self._count(verb, resource, False)
-            raise KubeError(f"{verb} {resource}: {response.status} {response.reason}: {_message(answer)}",
-                            response.status)
+            raise self._refused(verb, resource, response, answer)
         self._count(verb, resource, True)
         return _decode(answer)
+
+    def _refused(self, verb: str, resource: str, response: aiohttp.ClientResponse, answer: bytes) -> KubeError:
+        """A non-2xx answer, counted, as the error to raise (its Status message included)."""
+        self._count(verb, resource, False)
+        return KubeError(f"{verb} {resource}: {response.status} {response.reason}: {_message(answer)}",
+                         response.status)
 
     async def _send(self, verb: str, resource: str, method: str, path: str, *,
                     query: list[tuple[str, str]] | None = None, body: Any = None, content_type: str | None = None,

@@ -329,6 +329,14 @@ class RealApi:
                      count: int = 1) -> None:
         self._proxy().inject_fault(status=status, verb=verb, resource=resource, count=count)
 
+    def streaming(self, verb: str, resource: str) -> int:
+        """This API's own open streams of (verb, resource): its operator's, not the identity's (faultproxy.py)."""
+        return self._proxy().streaming(verb, resource)
+
+    def reset_connections(self) -> None:
+        """The proxy aborts every client connection it is serving (a network fault, from the proxy's side)."""
+        self._proxy().reset()
+
     def freeze(self) -> None:
         self._proxy().freeze()
 

@@ -11,6 +11,10 @@ server's answers are the real ones. Faults a test can inject:
 - `stall_watches()`: open watch streams stop delivering events while the connection stays up;
 - `reset()`: every connection aborted, both ends, as a network fault does.
 
+`streaming(verb, resource)` counts this proxy's own open streams (a watch whose answer has begun), so a
+test can wait for *its* operator's watch: the API server's audit log names only the identity, which the
+operators of tests running side by side share.
+
 It runs its own event loop in a daemon thread, so the synchronous test code drives it by method calls.
 """
 
@@ -20,6 +24,7 @@ import asyncio
 import json
 import ssl
 import threading
+from collections import Counter
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -57,6 +62,7 @@ class FaultProxy:
         self._session: aiohttp.ClientSession | None = None
         self._transports: set[asyncio.BaseTransport] = set()
         self._lock = threading.Lock()
+        self._streaming: Counter[tuple[str, str]] = Counter()  # (verb, resource) of answers being streamed
 
     # --- lifecycle (called from the test's thread) ------------------------------------------------------
 
@@ -121,6 +127,11 @@ class FaultProxy:
     def resume_watches(self) -> None:
         self.loop.call_soon_threadsafe(self._watches_flow.set)
 
+    def streaming(self, verb: str, resource: str) -> int:
+        """How many answers to (verb, resource) requests are being streamed to the client right now."""
+        with self._lock:
+            return self._streaming[(verb, resource)]
+
     def reset(self) -> None:
         """Abort every client connection (the proxy then drops the matching upstream ones)."""
         def abort() -> None:
@@ -155,12 +166,18 @@ class FaultProxy:
                     if key.lower() not in HOP_BY_HOP:
                         response.headers[key] = value
                 await response.prepare(request)
-                async for chunk in upstream.content.iter_any():
-                    await self._open.wait()
-                    if verb == "watch":
-                        await self._watches_flow.wait()
-                    await response.write(chunk)
-                await response.write_eof()
+                with self._lock:
+                    self._streaming[(verb, resource)] += 1
+                try:
+                    async for chunk in upstream.content.iter_any():
+                        await self._open.wait()
+                        if verb == "watch":
+                            await self._watches_flow.wait()
+                        await response.write(chunk)
+                    await response.write_eof()
+                finally:
+                    with self._lock:
+                        self._streaming[(verb, resource)] -= 1
                 return response
         except (aiohttp.ClientError, ConnectionResetError) as exc:
             # The server down (connection refused) or a stream cut: the client sees its connection

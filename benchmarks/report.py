@@ -81,7 +81,10 @@ def summary(results: Mapping[str, float], machine: str, api: str) -> str:
         f"{_fmt(results['patch_throughput_raw_per_s'])}/s (same VMs and identity, "
         f"{int(results['patch_throughput_raw_concurrency'])} in flight, {_fmt(results['status_patch_bytes'])} B each"
         + (f"; the operator's averaged {_fmt(results['status_patch_bytes_operator'])} B"
-           if "status_patch_bytes_operator" in results else "") + ")",
+           if "status_patch_bytes_operator" in results else "") + ")"
+        + (f"; the median of {int(results['status_drain_rounds'])} (burst, raw) pairs, whose ratios ran "
+           f"{_fmt(results['status_drain_over_raw_min'])}-{_fmt(results['status_drain_over_raw_max'])}"
+           if "status_drain_rounds" in results else ""),
         f"  foreign: {int(results['foreign_vms'])} VMs of {int(results['foreign_nodes'])} other nodes churning at "
         f"{_fmt(results['foreign_churn_per_s'])}/s, beside {int(results['foreign_own_vms'])} own: operator CPU "
         f"{_fmt(results['foreign_cpu_s_with'])} vs {_fmt(results['foreign_cpu_s_without'])} s in "

@@ -28,6 +28,7 @@ KEYS = (
     "loop_lag_max_ms",
     "foreign_rss_ratio", "foreign_cpu_ratio", "foreign_vms",
     "patch_throughput_raw_per_s", "status_drain_per_s", "status_drain_over_raw",
+    "status_drain_over_raw_min", "status_drain_over_raw_max", "status_drain_rounds",
 )
 # The live-migration phase's (benchmarks/migration.py): written unless the phase says it was skipped (the
 # emulator, not root).
@@ -60,5 +61,9 @@ def test_a_small_run_writes_every_key_as_a_number_and_a_plot(tmp_path: Path, req
     assert all(isinstance(v, int | float) for v in results.values()), "every value but the API's name is a number"
     assert results["vms_created"] > 0 and results["vms_for_events"] > 0 and results["rss_vms"] > 0
     assert results["foreign_vms"] > 0 and results["patch_throughput_raw_per_s"] > 0
+    # The drain ratio is the median of three (burst, raw) pairs, one of them.
+    assert results["status_drain_rounds"] == 3
+    assert results["status_drain_over_raw_min"] <= results["status_drain_over_raw"] \
+        <= results["status_drain_over_raw_max"]
     assert output.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "event to status p99" in run.stdout  # the human summary, with a verdict per target

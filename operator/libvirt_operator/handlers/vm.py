@@ -182,7 +182,7 @@ class Reconciler:
             rec.owner_verified = True
 
         try:
-            spec = parse_spec(rec.acting_on.get("spec") or {}, self.limits)
+            spec = self._spec(rec, rec.acting_on)
             self._check_host_capacity(spec)
         except SpecError as exc:
             await self._fail(rec, "InvalidSpec", str(exc), dom)
@@ -474,7 +474,7 @@ class Reconciler:
     def _grace(self, rec: VMRecord, spec: VMSpec | None) -> float:
         if spec is None:  # deletion: the spec as it was, if it still parses
             try:
-                spec = parse_spec(rec.body.get("spec") or {}, self.limits)
+                spec = self._spec(rec, rec.body)
             except SpecError:
                 spec = None
         if spec is not None and spec.termination_grace_seconds is not None:
@@ -923,6 +923,17 @@ class Reconciler:
             rec.last_event = None
 
     # --- helpers -----------------------------------------------------------------------------------------
+
+    def _spec(self, rec: VMRecord, body: Mapping[str, Any]) -> VMSpec:
+        """``body``'s spec parsed (SpecError if it does not), reusing the record's last parse while the spec
+        is equal to the one parsed then."""
+        raw = body.get("spec") or {}
+        cached = rec.parsed_spec
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        spec = parse_spec(raw, self.limits)
+        rec.parsed_spec = (raw, spec)
+        return spec
 
     @staticmethod
     def _acting_generation(rec: VMRecord) -> Any:

@@ -165,7 +165,8 @@ class Runtime:
         # The VM watch and listings are filtered by the API server to this node's VMs, unless it refused.
         self.node_scoped = True
         server_timeout, client_timeout = watch_timeouts(settings.watch_timeout)
-        self.informer = VMInformer(kube, WatchSink(event=self.observe, relisted=self._relisted),
+        sink = WatchSink(event=self.observe, relisted=self._relisted, holds=self._holds)
+        self.informer = VMInformer(kube, sink,
                                    namespace=settings.namespace, selector=lambda: self.watch_selector,
                                    server_timeout=server_timeout, client_timeout=client_timeout,
                                    on_relist=lambda why: self.metrics.vm_watch_relists.labels(why).inc())
@@ -360,6 +361,17 @@ class Runtime:
         if record.node_name == self.settings.node_name or was_mine:
             if self._startup_done:
                 self.queue.add(key)
+
+    def _holds(self, uid: str, version: str) -> bool:
+        """The informer's question before it decodes a MODIFIED line: is this version of the object held
+        already (the echo of our own write)? Then the line is counted as ``observe`` would count it, and
+        dropped as ``observe`` would drop it."""
+        record = self.records.by_uid(uid)
+        if record is None or record.body.get("metadata", {}).get("resourceVersion") != version:
+            return False
+        self.metrics.vm_watch_events.labels(
+            "MODIFIED", "this" if record.node_name == self.settings.node_name else "other").inc()
+        return True
 
     def _relisted(self, listed: list[dict[str, Any]]) -> None:
         """After a relist: the VMs that left the cache unseen (their events expired with the watch's

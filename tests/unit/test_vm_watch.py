@@ -9,7 +9,7 @@ import json
 import pytest
 
 from libvirt_operator.kube.client import KubeError
-from libvirt_operator.kube.vm_watch import Expired, read_event, vanished
+from libvirt_operator.kube.vm_watch import Expired, modified_version, read_event, vanished
 
 
 def _line(event: object) -> bytes:
@@ -58,3 +58,41 @@ def test_a_relist_reports_the_cached_vms_it_lacks_or_lists_with_another_uid() ->
     listed = [_vm("kept", "u1"), _vm("recreated", "u9"), _vm("new", "u4")]
     assert sorted(vanished(held, listed)) == [("default", "gone"), ("default", "recreated")]
     assert vanished({}, listed) == []
+
+
+def _wire(event: object) -> bytes:
+    """As the API server writes it: compact JSON, one event per line."""
+    return json.dumps(event, separators=(",", ":")).encode() + b"\n"
+
+
+def _modified(metadata: dict[str, object], event_type: str = "MODIFIED") -> bytes:
+    return _wire({"type": event_type, "object": {"apiVersion": "virt.libvirt-operator.dev/v1alpha1",
+                                                 "kind": "VirtualMachine", "metadata": metadata,
+                                                 "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}}})
+
+
+def test_a_modified_line_tells_its_objects_uid_and_version_without_decoding() -> None:
+    line = _modified({"name": "vm", "namespace": "default", "uid": "u-1", "resourceVersion": "981"})
+    assert modified_version(line) == ("u-1", "981")
+
+
+@pytest.mark.parametrize("event_type", ["ADDED", "DELETED", "BOOKMARK"])
+def test_only_modified_lines_are_read_off_raw(event_type: str) -> None:
+    line = _modified({"name": "vm", "uid": "u-1", "resourceVersion": "981"}, event_type)
+    assert modified_version(line) is None
+
+
+@pytest.mark.parametrize("metadata", [
+    {"name": "vm", "uid": "u-1", "resourceVersion": "981", "labels": {"uid": "forged"}},
+    {"name": "vm", "uid": "u-1", "resourceVersion": "981", "annotations": {"resourceVersion": "5"}},
+    {"name": "vm", "uid": "u-1", "resourceVersion": "981",
+     "ownerReferences": [{"kind": "X", "name": "o", "uid": "u-owner"}]},
+])
+def test_a_line_naming_uid_or_version_twice_is_left_to_the_decoder(metadata: dict[str, object]) -> None:
+    assert modified_version(_modified(metadata)) is None
+
+
+def test_a_quoted_key_inside_a_string_value_is_not_taken_for_a_key() -> None:
+    line = _modified({"name": "vm", "uid": "u-1", "resourceVersion": "981",
+                      "annotations": {"note": '"uid":"forged" "resourceVersion":"5"'}})
+    assert modified_version(line) == ("u-1", "981")

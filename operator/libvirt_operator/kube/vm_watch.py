@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,25 @@ class WatchEvent:
     @property
     def resource_version(self) -> str:
         return str((self.object.get("metadata") or {}).get("resourceVersion") or "")
+
+
+_MODIFIED = b'{"type":"MODIFIED",'
+_UID = re.compile(rb'"uid":"([^"\\]*)"')
+_VERSION = re.compile(rb'"resourceVersion":"([0-9]+)"')
+
+
+def modified_version(line: bytes) -> tuple[str, str] | None:
+    """Pure: (uid, resourceVersion) of a MODIFIED event's object, read off the raw line without decoding
+    it, or None when the line does not tell them unambiguously. In JSON text a quote inside a string value
+    is escaped, so ``"uid":"`` can only be a key; the object's metadata always has both keys, so a line
+    naming each exactly once names the object's own (a label or annotation keyed ``uid`` or
+    ``resourceVersion`` makes it two: then the line is decoded as any other)."""
+    if not line.startswith(_MODIFIED):
+        return None
+    uids, versions = _UID.findall(line), _VERSION.findall(line)
+    if len(uids) != 1 or len(versions) != 1:
+        return None
+    return uids[0].decode(), versions[0].decode()
 
 
 def read_event(line: bytes) -> WatchEvent | None:
@@ -88,6 +108,10 @@ class WatchSink:
 
     event: Callable[[str | None, Mapping[str, Any]], None]
     relisted: Callable[[list[dict[str, Any]]], None]
+    # Whether the object with this uid at this resourceVersion is held already (the echo of our own
+    # write, whose answer brought the same object): then the line is not decoded at all. In an event
+    # burst every status patch comes back so; decoding it was about 4 % of the operator's loop, profiled.
+    holds: Callable[[str, str], bool] = lambda _uid, _version: False
 
 
 class VMInformer:
@@ -146,6 +170,10 @@ class VMInformer:
         try:
             async with contextlib.aclosing(lines):  # the response is released however this ends
                 async for line in lines:
+                    echo = modified_version(line)
+                    if echo is not None and self.sink.holds(*echo):
+                        self.resource_version = echo[1]
+                        continue
                     event = read_event(line)
                     if event is None:
                         continue

@@ -367,7 +367,7 @@ class Runtime:
         already (the echo of our own write)? Then the line is counted as ``observe`` would count it, and
         dropped as ``observe`` would drop it."""
         record = self.records.by_uid(uid)
-        if record is None or record.body.get("metadata", {}).get("resourceVersion") != version:
+        if record is None or not record.holds_version(version):
             return False
         self.metrics.vm_watch_events.labels(
             "MODIFIED", "this" if record.node_name == self.settings.node_name else "other").inc()

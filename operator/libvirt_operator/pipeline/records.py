@@ -74,8 +74,12 @@ class VMRecord:
     def holds(self, body: Mapping[str, Any]) -> bool:
         """This very version is already held: the watch's echo of our own write, whose answer the record
         got from the write itself."""
-        version = self.body.get("metadata", {}).get("resourceVersion")
-        return version is not None and version == body.get("metadata", {}).get("resourceVersion")
+        return self.holds_version(body.get("metadata", {}).get("resourceVersion"))
+
+    def holds_version(self, version: str | None) -> bool:
+        """``holds`` for a version read off a watch line without decoding it."""
+        held = self.body.get("metadata", {}).get("resourceVersion")
+        return held is not None and held == version
 
     def expect(self, *event_types: str) -> None:
         """Called before an action (its events may arrive while it runs) and again once it returned."""

@@ -135,7 +135,11 @@ def test_bookmark_before_the_watch_times_out(apis: tuple[Api, Api], unique: Name
     """kube's watch cache sends a BOOKMARK 2 s before the deadline (and otherwise once a minute), with the
     resourceVersion of the resource's latest change, if that is newer than the watch's start: a change
     the watch's selector hides makes one (even in another namespace); a watch on a resource that did not
-    change gets none. (kube's timer has one-second buckets, so the pre-timeout BOOKMARK may come twice.)"""
+    change gets no change event. (kube's timer has one-second buckets, so the pre-timeout BOOKMARK may come
+    twice.) Whether that idle watch gets a BOOKMARK is not compared: its watch cache moves on with etcd's
+    progress notification, which a consistent list of that resource requests, and the namespace controller
+    lists every namespaced resource whenever any namespace is being deleted, as other lanes' tests do
+    (seen: a BOOKMARK on the idle watch in CI, and in each of 6 tries while namespaces were deleted)."""
     test = unique("t")
 
     def scenario(api: Api) -> list[Any]:
@@ -149,7 +153,8 @@ def test_bookmark_before_the_watch_times_out(apis: tuple[Api, Api], unique: Name
         bookmarked = {int(e["object"]["metadata"]["resourceVersion"]) >= int(hidden["metadata"]["resourceVersion"])
                       for e in events}
         distinct = sorted({json.dumps(o, sort_keys=True) for o in objects(events)})
-        return [sorted(set(event_summary(events))), distinct, bookmarked, event_summary(idle_events)]
+        idle_changes = [e for e in event_summary(idle_events) if e[0] != "BOOKMARK"]
+        return [sorted(set(event_summary(events))), distinct, bookmarked, idle_changes]
 
     real, emulated = both(apis, scenario)
     assert real[0] == [("BOOKMARK", "DiffMachine")] and real[2] == {True}

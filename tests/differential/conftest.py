@@ -7,8 +7,8 @@ plane (hack/cluster.sh, session-scoped) runs unless `LVO_API` names another API;
 On both, a session namespace holds the test objects and two test CRDs are registered through the API:
 a copy of the project's VirtualMachine CRD under another group and names (`diffmachines`, with
 `selectableFields: [.spec.nodeName]`), and the emulator tests' fixture CRD (more schema features) under
-another group. The project's own CRD is never touched. Teardown removes finalizers, the namespace and the
-test CRDs.
+another group. The project's own CRD is never touched. On the real server the session then waits until
+the DiffMachines' watch cache sends bookmarks. Teardown removes finalizers, the namespace and the test CRDs.
 """
 
 from __future__ import annotations
@@ -96,6 +96,29 @@ def register_crd(api: Api, crd: dict[str, Any]) -> None:
     wait_for(lambda: served(api, path), timeout=60, what=f"{api.name}: {path} served")
 
 
+def bookmarked_a_hidden_change(api: Api, path: str, make: Callable[[str], dict[str, Any]], name: str) -> bool:
+    """One 3-second watch of `path` that a change its selector hides happens under: True when the watch's
+    pre-timeout BOOKMARK carried that change's resourceVersion. The object is deleted again."""
+    quiet = {"labelSelector": "lvo-diff=none"}
+    rv = api.ok("GET", path, query=quiet)["metadata"]["resourceVersion"]
+    with api.watch(path, {**quiet, "resourceVersion": rv, "allowWatchBookmarks": "true", "timeoutSeconds": 3}) as w:
+        created = api.ok("POST", path, make(name))
+        events = w.wait_end(timeout=15)
+    api.ok("DELETE", f"{path}/{name}")
+    change = int(created["metadata"]["resourceVersion"])
+    return any(e["type"] == "BOOKMARK" and int(e["object"]["metadata"]["resourceVersion"]) >= change
+               for e in events)
+
+
+def wait_for_bookmarks(api: Api, path: str, make: Callable[[str], dict[str, Any]]) -> None:
+    """Until the resource's watch cache sends bookmarks. kube 1.34's cache of a CRD served a moment ago
+    does not yet (its watches of the first second or so got no pre-timeout BOOKMARK), which the bookmark
+    tests would read as a difference."""
+    attempts = iter(range(100))
+    wait_for(lambda: bookmarked_a_hidden_change(api, path, make, f"bookmark-probe-{next(attempts)}"),
+             timeout=60, what=f"{api.name}: bookmarks from the watch cache of {path}")
+
+
 def remove_finalizers(api: Api, list_path: str) -> None:
     reply = api.get(list_path)
     for item in (reply.body or {}).get("items", []) if reply.status == 200 else []:
@@ -125,6 +148,7 @@ def real(control_plane: ControlPlane) -> Iterator[Api]:
         pytest.skip("LVO_API is not 'real': no real control plane to compare with")
     api = Api("real", control_plane.admin_kubeconfig)
     prepare(api)
+    wait_for_bookmarks(api, ns_path(DM, DM_PLURAL), dm)
     try:
         yield api
     finally:
